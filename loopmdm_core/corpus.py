@@ -1,0 +1,108 @@
+"""Corpora as `datasets.Dataset`s of documents (one `text` column), with a content fingerprint for caching.
+
+Sources: `builtin:shakespeare` (shipped in the package), a local .txt/.jsonl/.parquet file or a folder of
+them, or `hf:NAME[:CONFIG]` from the Hugging Face hub (online only). `datasets` is imported here, not at
+package import, so the model and trainer run where it is not installed (e.g. GPU benchmark machines).
+"""
+
+import hashlib
+import json
+import lzma
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DataError
+
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN = {"shakespeare": ASSETS / "shakespeare.jsonl.xz"}
+SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+@dataclass
+class Corpus:
+    name: str
+    fingerprint: str  # changes whenever the documents may have changed
+    documents: object  # datasets.Dataset with a "text" column
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_jsonl(path: Path, text_field: str, opener=open) -> list[str]:
+    texts = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise DataError(f"{path}:{lineno}: no string field {text_field!r} (set data.text_field)")
+            texts.append(record[text_field])
+    return texts
+
+
+def _read_file(path: Path, text_field: str) -> list[str]:
+    try:
+        if path.suffix == ".txt":
+            # A plain text file: documents are the blocks separated by blank lines.
+            return [block for block in path.read_text(encoding="utf-8").split("\n\n") if block.strip()]
+        if path.suffix == ".jsonl":
+            return _read_jsonl(path, text_field)
+        import pyarrow.parquet as pq
+        table = pq.read_table(path)
+        if text_field not in table.column_names:
+            raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(table.column_names)}; "
+                            f"set data.text_field)")
+        return [t for t in table.column(text_field).to_pylist() if t]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+
+
+def load_corpus(spec: str, text_field: str = "text") -> Corpus:
+    """Load the documents named by `spec` (data.corpus)."""
+    import datasets
+
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name not in BUILTIN:
+            raise DataError(f"data.corpus: unknown built-in corpus {name!r}; built-in: "
+                            f"{', '.join('builtin:' + k for k in BUILTIN)}")
+        path = BUILTIN[name]
+        texts = _read_jsonl(path, "text", opener=lzma.open)
+        return Corpus(spec, _sha256_files([path]), datasets.Dataset.from_dict({"text": texts}))
+    if spec.startswith("hf:"):
+        name, _, config = spec[3:].partition(":")
+        try:
+            ds = datasets.load_dataset(name, config or None, split="train")
+        except Exception as e:  # the hub raises many types: offline, not found, gated, ...
+            raise DataError(f"data.corpus: cannot load Hugging Face dataset {name!r}: {e}") from None
+        if text_field not in ds.column_names:
+            raise DataError(f"data.corpus: {name} has no column {text_field!r} (columns: "
+                            f"{', '.join(ds.column_names)}; set data.text_field)")
+        ds = ds.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text" else \
+            ds.select_columns(["text"])
+        return Corpus(spec, hashlib.sha256(f"{spec}:{ds._fingerprint}".encode()).hexdigest(), ds)
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"data.corpus: {spec} does not exist; give a .txt/.jsonl/.parquet file or folder, "
+                        f"builtin:shakespeare, or hf:NAME")
+    files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES) if path.is_dir() else [path]
+    if not files or any(p.suffix not in SUFFIXES for p in files):
+        raise DataError(f"data.corpus: {spec}: need files ending in {', '.join(SUFFIXES)}")
+    texts = [text for p in files for text in _read_file(p, text_field)]
+    if not texts:
+        raise DataError(f"data.corpus: {spec} holds no text")
+    return Corpus(str(path.resolve()), _sha256_files(files), datasets.Dataset.from_dict({"text": texts}))

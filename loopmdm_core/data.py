@@ -1,0 +1,196 @@
+"""Token cache and batches: a corpus is tokenized once into Arrow shards, then read memory-mapped.
+
+The cache key hashes (corpus content, tokenizer, seq_len, split), so any change rebuilds and nothing stale is
+read. Documents go to train or validation by a hash of their text (deterministic, independent of order);
+each split is the concatenation of its documents, EOS between them, cut into packed rows of seq_len tokens.
+Batches are a pure function of (seed, step), so a resumed run sees exactly the batches it would have seen.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from . import tokenizer as tokenizers
+from .config import DataConfig
+from .corpus import load_corpus
+from .errors import DataError
+
+SHARD_TOKENS = 1 << 22  # ~16 MB of uint32 per shard
+CACHE_VERSION = 1  # bump when the shard layout changes
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("LOOPMDM_CACHE") or Path.home() / ".cache" / "loopmdm").expanduser()
+
+
+def _doc_is_val(text: str, val_fraction: float) -> bool:
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+class PackedSequences:
+    """Fixed-length token rows, memory-mapped from Arrow IPC shards (no copy until a batch is gathered)."""
+
+    def __init__(self, shard_paths: list[Path], seq_len: int):
+        self.seq_len = seq_len
+        self._shards = []
+        for path in shard_paths:
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            self._shards.append(table.column("tokens").chunk(0).to_numpy(zero_copy_only=True).reshape(-1, seq_len))
+        self._starts = np.cumsum([0] + [len(s) for s in self._shards])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def gather(self, rows) -> torch.Tensor:
+        rows = np.asarray(rows, dtype=np.int64)
+        shard = np.searchsorted(self._starts, rows, side="right") - 1
+        out = np.empty((len(rows), self.seq_len), dtype=np.int64)
+        for i, (s, r) in enumerate(zip(shard, rows)):
+            out[i] = self._shards[s][r - self._starts[s]]
+        return torch.from_numpy(out)
+
+
+@dataclass
+class TokenData:
+    train: PackedSequences
+    val: PackedSequences
+    tokenizer: object
+    mask_id: int
+    meta: dict  # what the cache was built from, token counts, the unigram reference perplexity
+    path: Path
+
+    def train_rows(self, step: int, batch_size: int, seed: int) -> np.ndarray:
+        """Rows of the batch for optimizer step `step` (0-based): a fresh permutation per epoch, from the seed."""
+        n = len(self.train)
+        positions = np.arange(step * batch_size, (step + 1) * batch_size)
+        rows = np.empty(batch_size, dtype=np.int64)
+        for epoch in np.unique(positions // n):
+            perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
+            sel = positions // n == epoch
+            rows[sel] = perm[positions[sel] % n]
+        return rows
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
+        return self.train.gather(self.train_rows(step, batch_size, seed))
+
+    def val_batches(self, n_batches: int, batch_size: int) -> list[torch.Tensor]:
+        """Fixed validation batches: rows spread evenly over the validation split (same rows every time)."""
+        n = min(len(self.val), n_batches * batch_size)
+        rows = np.linspace(0, len(self.val) - 1, n).round().astype(np.int64)
+        return [self.val.gather(rows[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def _get_tokenizer(cfg: DataConfig, corpus, train_idx: list[int], root: Path):
+    if cfg.tokenizer == "gpt2":
+        return tokenizers.GPT2Tokenizer()
+    path = root / "tokenizers" / f"bpe-{corpus.fingerprint[:16]}-{cfg.bpe_vocab_size}-{len(train_idx)}.json"
+    if not path.exists():
+        texts = corpus.documents.select(train_idx)["text"]
+        tokenizers.train_bpe(texts, cfg.bpe_vocab_size, path)
+    return tokenizers.TrainedBPE(path)
+
+
+def _write_split(docs, eos_id: int, seq_len: int, out_dir: Path, split: str) -> list[str]:
+    """Pack the documents' token ids (EOS after each) into shards of whole rows; return the shard file names."""
+    shard_len = max(1, SHARD_TOKENS // seq_len) * seq_len
+    names, pending, pending_len = [], [], 0
+
+    def flush(tokens: np.ndarray):
+        name = f"{split}-{len(names):05d}.arrow"
+        table = pa.table({"tokens": pa.array(tokens, type=pa.uint32())})
+        with pa.OSFile(str(out_dir / name), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        names.append(name)
+
+    for batch in docs.iter(batch_size=1024):
+        for ids in batch["ids"]:
+            pending.append(np.asarray(ids + [eos_id], dtype=np.uint32))
+            pending_len += len(ids) + 1
+            if pending_len >= shard_len:
+                buffer = np.concatenate(pending)
+                flush(buffer[:shard_len])
+                pending, pending_len = [buffer[shard_len:]], len(buffer) - shard_len
+    if pending:
+        buffer = np.concatenate(pending)
+        full = (len(buffer) // seq_len) * seq_len  # the tail shorter than one row is dropped
+        if full:
+            flush(buffer[:full])
+    return names
+
+
+def _unigram_ppl(train: PackedSequences, val: PackedSequences, n_ids: int) -> float:
+    """Perplexity of the add-one-smoothed unigram model of the train split, on the validation split: the
+    no-context reference a trained model must beat."""
+    counts = np.ones(n_ids, dtype=np.float64)
+    for shard in train._shards:
+        counts += np.bincount(shard.reshape(-1), minlength=n_ids)[:n_ids]
+    logp = np.log(counts / counts.sum())
+    val_counts = sum(np.bincount(s.reshape(-1), minlength=n_ids)[:n_ids] for s in val._shards)
+    return float(np.exp(-(val_counts * logp).sum() / val_counts.sum()))
+
+
+def load_token_data(cfg: DataConfig) -> TokenData:
+    """Tokenize the corpus into the cache if needed, then open it memory-mapped."""
+    root = cache_root(cfg)
+    corpus = load_corpus(cfg.corpus, cfg.text_field)
+    texts = corpus.documents["text"]
+    if len(texts) < 2:
+        raise DataError(f"data.corpus: {cfg.corpus} has {len(texts)} document; need at least 2 to hold one out "
+                        f"for validation (in .txt files, separate documents by blank lines)")
+    is_val = [_doc_is_val(t, cfg.val_fraction) for t in texts]
+    if not any(is_val):  # small corpora: hold out the document with the smallest hash
+        is_val[min(range(len(texts)), key=lambda i: hashlib.sha256(texts[i].encode()).digest())] = True
+    if all(is_val):
+        is_val[0] = False
+    train_idx = [i for i, v in enumerate(is_val) if not v]
+    val_idx = [i for i, v in enumerate(is_val) if v]
+
+    tok = _get_tokenizer(cfg, corpus, train_idx, root)
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, corpus.fingerprint, tok.fingerprint, cfg.seq_len,
+                                     cfg.val_fraction]).encode()).hexdigest()[:20]
+    path = root / "tokens" / key
+    if not (path / "meta.json").exists():
+        _build(cfg, corpus, tok, train_idx, val_idx, path)
+    meta = json.loads((path / "meta.json").read_text())
+    train = PackedSequences([path / n for n in meta["train_shards"]], cfg.seq_len)
+    val = PackedSequences([path / n for n in meta["val_shards"]], cfg.seq_len)
+    mask = tokenizers.mask_id(cfg.tokenizer, cfg.bpe_vocab_size)
+    return TokenData(train, val, tok, mask, meta, path)
+
+
+def _build(cfg: DataConfig, corpus, tok, train_idx, val_idx, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".building-"))
+    try:
+        tokenized = corpus.documents.map(lambda b: {"ids": tok.encode_batch(b["text"])}, batched=True,
+                                         remove_columns=["text"], desc="tokenizing")
+        meta = {"corpus": corpus.name, "corpus_sha256": corpus.fingerprint, "tokenizer": tok.fingerprint,
+                "seq_len": cfg.seq_len, "val_fraction": cfg.val_fraction,
+                "documents": {"train": len(train_idx), "val": len(val_idx)}}
+        for split, idx in (("train", train_idx), ("val", val_idx)):
+            meta[f"{split}_shards"] = _write_split(tokenized.select(idx), tok.eos_id, cfg.seq_len, tmp, split)
+            if not meta[f"{split}_shards"]:
+                raise DataError(f"data.corpus: the {split} split of {cfg.corpus} is shorter than one row of "
+                                f"data.seq_len={cfg.seq_len} tokens; use a larger corpus or a shorter seq_len")
+        train = PackedSequences([tmp / n for n in meta["train_shards"]], cfg.seq_len)
+        val = PackedSequences([tmp / n for n in meta["val_shards"]], cfg.seq_len)
+        meta["rows"] = {"train": len(train), "val": len(val)}
+        meta["unigram_ppl"] = _unigram_ppl(train, val, tokenizers.mask_id(cfg.tokenizer, cfg.bpe_vocab_size))
+        del train, val
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, path)  # atomic; another process may have won the race, which is fine
+        except OSError:
+            if not (path / "meta.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,57 @@
+"""The one FLOPs definition of the project (DESIGN.md): model FLOPs, the PaLM/nanoGPT convention, loops unrolled.
+
+A forward pass costs, per token at sequence length S and width d:
+    2 * (weights of every matmul it applies: each applied layer's 4 d^2 attention + 3 d d_ff SwiGLU weights,
+         a looped layer counted once per application, plus the d * V output head)
+  + 4 * S * d per applied layer (q.k scores and the attention-weighted sum of v, over all heads).
+Training costs 3 x forward (the backward pass does two matmuls per forward matmul). Embedding lookups, norms,
+RoPE and softmax are not counted. Implementation shortcuts (the head applied to masked positions only) do not
+change these numbers, so every variant is charged the same way.
+"""
+
+from .model import ModelConfig
+
+
+def params_per_layer(cfg: ModelConfig) -> int:
+    return 4 * cfg.d_model * cfg.d_model + 3 * cfg.d_model * cfg.ff_dim + 2 * cfg.d_model  # + 2 norm weights
+
+
+def num_params(cfg: ModelConfig) -> int:
+    """Parameter count (looping adds none): embedding, layers, final norm, head unless tied."""
+    head = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
+    return cfg.vocab_size * cfg.d_model + cfg.n_layers * params_per_layer(cfg) + cfg.d_model + head
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int, n_loops: int | None = None) -> int:
+    layers = cfg.applied_layers(n_loops)
+    matmul_weights = layers * (4 * cfg.d_model * cfg.d_model + 3 * cfg.d_model * cfg.ff_dim)
+    matmul_weights += cfg.d_model * cfg.vocab_size
+    return 2 * matmul_weights + 4 * seq_len * cfg.d_model * layers
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+    return 3 * forward_flops_per_token(cfg, seq_len)
+
+
+def train_flops_per_step(cfg: ModelConfig, seq_len: int, batch_size: int) -> int:
+    return train_flops_per_token(cfg, seq_len) * seq_len * batch_size
+
+
+def steps_for_budget(budget_flops: float, flops_per_step: int) -> int:
+    """Optimizer steps a training budget buys (whole steps only: the budget is never overspent)."""
+    return int(budget_flops // flops_per_step)
+
+
+def mfu(flops_per_second: float, peak_flops: float) -> float:
+    return flops_per_second / peak_flops
+
+
+# Dense bf16 peaks from the vendors' datasheets, for MFU on known cards (substring of the device name -> FLOP/s).
+PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165.2e12}
+
+
+def known_peak(device_name: str) -> float | None:
+    for key, peak in PEAK_BF16.items():
+        if key in device_name:
+            return peak
+    return None

@@ -1,0 +1,12 @@
+"""Metric names, the one place they are defined (DESIGN.md "Metrics"). Step = optimizer step."""
+
+TRAIN_LOSS = "train/loss"  # mean training loss over the steps since the last log
+VAL_LOSS = "val/loss"  # negative ELBO, nats/token, on the fixed validation batches
+VAL_PPL = "val/ppl"  # exp(val/loss)
+FLOPS = "flops"  # cumulative training FLOPs (flops.py), logged with every loss so loss can be plotted against it
+TOKENS = "tokens"  # cumulative training tokens
+LR = "lr"
+TOKENS_PER_S = "perf/tokens_per_s"
+MFU = "perf/mfu"
+
+ALL = (TRAIN_LOSS, VAL_LOSS, VAL_PPL, FLOPS, TOKENS, LR, TOKENS_PER_S, MFU)

@@ -1,0 +1,205 @@
+"""LoopMDM: a bidirectional Llama-style transformer whose layers [loop_start, loop_end) run n_loops times.
+
+Layers [0, loop_start) run once, the looped block [loop_start, loop_end) runs n_loops times (depth without
+parameters), layers [loop_end, n_layers) run once. With n_loops = 1 it is exactly a plain masked diffusion
+model (MDM). No causal mask and no time conditioning: like MDLM/SMDM, the mask tokens tell the model t.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import BACKENDS, attend
+
+
+def default_d_ff(d_model: int) -> int:
+    # SwiGLU with 2/3 of the 4*d a GELU MLP would have, rounded up to a multiple of 64 (Llama): 768 -> 2048.
+    return 64 * ((8 * d_model // 3 + 63) // 64)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    d_ff: int = 0  # 0: default_d_ff(d_model)
+    loop_start: int = 1
+    loop_end: int = 3
+    n_loops: int = 2
+    vocab_size: int = 0  # 0: derived from the tokenizer (its size + the mask token, padded to 64)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    attention: str = "auto"  # one of attention.BACKENDS
+
+    @property
+    def ff_dim(self) -> int:
+        return self.d_ff or default_d_ff(self.d_model)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def applied_layers(self, n_loops: int | None = None) -> int:
+        """Layer applications per forward pass, the loop unrolled."""
+        n = self.n_loops if n_loops is None else n_loops
+        return self.n_layers + (self.loop_end - self.loop_start) * (n - 1)
+
+    def problems(self) -> list[str]:
+        """Everything wrong with this config, as 'model.<field>: what and how to fix' lines."""
+        p = []
+        for name in ("n_layers", "d_model", "n_heads"):
+            if getattr(self, name) < 1:
+                p.append(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            p.append(f"model.d_model: {self.d_model} is not divisible by model.n_heads={self.n_heads}; "
+                     f"pick d_model a multiple of n_heads")
+        elif self.n_heads >= 1 and self.head_dim % 2:
+            p.append(f"model.d_model: head dim d_model/n_heads = {self.head_dim} must be even for RoPE")
+        if self.d_ff < 0:
+            p.append(f"model.d_ff: must be >= 0 (0 picks the SwiGLU default), got {self.d_ff}")
+        if not 0 <= self.loop_start < self.loop_end <= self.n_layers:
+            p.append(f"model.loop_start/loop_end: the looped block [{self.loop_start}, {self.loop_end}) must be "
+                     f"a non-empty range inside [0, n_layers={self.n_layers}], i.e. "
+                     f"0 <= loop_start < loop_end <= {self.n_layers}")
+        if self.n_loops < 1:
+            p.append(f"model.n_loops: must be >= 1 (1 = plain MDM), got {self.n_loops}")
+        if self.vocab_size < 0:
+            p.append(f"model.vocab_size: must be >= 0 (0 derives it from the tokenizer), got {self.vocab_size}")
+        if self.attention not in BACKENDS:
+            p.append(f"model.attention: {self.attention!r} is not one of {', '.join(BACKENDS)}")
+        return p
+
+
+def same_size(cfg: ModelConfig) -> ModelConfig:
+    """The same-size baseline: the same layers and parameters, run once (n_loops = 1)."""
+    return dataclasses.replace(cfg, n_loops=1)
+
+
+def depth_matched(cfg: ModelConfig) -> ModelConfig:
+    """The depth-matched baseline: as many plain layers as the unrolled loop applies (same FLOPs per token)."""
+    depth = cfg.applied_layers()
+    return dataclasses.replace(cfg, n_layers=depth, loop_start=0, loop_end=depth, n_loops=1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # (1, seq, 1, head_dim/2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Rotate pairs (first half, second half) of each head, the GPT-NeoX/Llama layout.
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.backend = "sdpa"  # set by LoopMDM.set_attention_backend
+
+    def forward(self, x, cos, sin):
+        b, s, _ = x.shape
+        q, k, v = self.wqkv(x).view(b, s, 3, self.n_heads, self.head_dim).unbind(2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return self.wo(attend(q, k, v, self.backend).reshape(b, s, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w_gate_up = nn.Linear(cfg.d_model, 2 * cfg.ff_dim, bias=False)
+        self.w_down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        return self.w_down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LoopMDM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size < 1:
+            raise ValueError("ModelConfig.vocab_size must be resolved before building the model")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self._rope: dict = {}
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # GPT-2/nanoGPT init; residual outputs scaled by the unrolled depth so looping does not blow up the stream.
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+        scale = 0.02 / (2 * self.cfg.applied_layers()) ** 0.5
+        for layer in self.layers:
+            nn.init.normal_(layer.attn.wo.weight, std=scale)
+            nn.init.normal_(layer.mlp.w_down.weight, std=scale)
+
+    def set_attention_backend(self, backend: str):
+        for layer in self.layers:
+            layer.attn.backend = backend
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _rope_for(self, seq_len: int, device):
+        key = (seq_len, str(device))
+        if key not in self._rope:
+            self._rope[key] = rope_tables(seq_len, self.cfg.head_dim, self.cfg.rope_theta, device)
+        return self._rope[key]
+
+    def layer_schedule(self, n_loops: int | None = None) -> list[int]:
+        """Indices of the layers applied, in order, for one forward pass with `n_loops` loops."""
+        cfg, n = self.cfg, self.cfg.n_loops if n_loops is None else n_loops
+        if n < 1:
+            raise ValueError(f"n_loops must be >= 1, got {n}")
+        looped = list(range(cfg.loop_start, cfg.loop_end))
+        return list(range(cfg.loop_start)) + looped * n + list(range(cfg.loop_end, cfg.n_layers))
+
+    def forward(self, idx: torch.Tensor, n_loops: int | None = None) -> torch.Tensor:
+        """Final normed hidden states (batch, seq, d_model). `n_loops` overrides the config for this call."""
+        cos, sin = self._rope_for(idx.shape[1], idx.device)
+        x = self.embed(idx)
+        for i in self.layer_schedule(n_loops):
+            x = self.layers[i](x, cos, sin)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # Kept apart from forward so the loss can apply the head to masked positions only.
+        return self.head(hidden)

@@ -1,0 +1,46 @@
+import json
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from loopmdm_core.config import load_run_config  # noqa: E402
+
+WORDS = ("the king queen lord shall love death night day sword crown heart blood fair speak hath thou thee "
+         "my your and of to a in is not with be this that for me what but so").split()
+
+
+def make_documents(n_docs: int, words_per_doc: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(words_per_doc)) + "." for _ in range(n_docs)]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> str:
+    """A small jsonl corpus (24 documents of ~400 words): enough rows for tiny models, built in a second."""
+    path = tmp_path_factory.mktemp("corpus") / "tiny.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in make_documents(24, 400)))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def tiny_config(tiny_corpus, cache_dir):
+    """Factory of tiny run configs (2-3 layers, width 32) on the tiny corpus; keyword dicts update sections."""
+    def make(model=None, data=None, train=None, eval=None):
+        return load_run_config({
+            "model": {"n_layers": 3, "d_model": 32, "n_heads": 2, "loop_start": 1, "loop_end": 2, "n_loops": 2,
+                      **(model or {})},
+            "data": {"corpus": tiny_corpus, "bpe_vocab_size": 320, "seq_len": 32, "cache_dir": cache_dir,
+                     "val_fraction": 0.2, **(data or {})},
+            "train": {"budget_flops": 3e9, "batch_size": 8, "lr": 3e-3, "log_every": 2, **(train or {})},
+            "eval": {"fractions": [0.5, 1.0], "n_batches": 2, "batch_size": 4, "n_t": 4, **(eval or {})},
+        })
+    return make

@@ -1,0 +1,89 @@
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from loopmdm_core import flops
+from loopmdm_core.model import LoopMDM, ModelConfig, depth_matched, same_size
+
+CFG = ModelConfig(n_layers=4, d_model=32, n_heads=4, loop_start=1, loop_end=3, n_loops=3, vocab_size=64)
+
+
+def tokens(batch=2, seq=12, seed=0):
+    return torch.randint(0, 63, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_n_loops_1_is_exactly_the_plain_model():
+    torch.manual_seed(0)
+    looped = LoopMDM(dataclasses.replace(CFG, n_loops=1))
+    plain = LoopMDM(dataclasses.replace(CFG, loop_start=0, loop_end=4, n_loops=1))
+    plain.load_state_dict(looped.state_dict())
+    x = tokens()
+    assert torch.equal(looped(x), plain(x))
+    assert looped.layer_schedule() == [0, 1, 2, 3]
+
+
+def test_loop_equals_unrolled_plain_model_with_copied_layers():
+    # An independent construction of the loop: a plain model whose layers are copies in the unrolled order.
+    torch.manual_seed(0)
+    looped = LoopMDM(CFG)
+    order = [0, 1, 2, 1, 2, 1, 2, 3]
+    assert looped.layer_schedule() == order
+    unrolled = LoopMDM(depth_matched(CFG))
+    assert unrolled.cfg.n_layers == len(order)
+    unrolled.embed.load_state_dict(looped.embed.state_dict())
+    unrolled.norm.load_state_dict(looped.norm.state_dict())
+    unrolled.head.load_state_dict(looped.head.state_dict())
+    for target, source in zip(unrolled.layers, order):
+        target.load_state_dict(copy.deepcopy(looped.layers[source].state_dict()))
+    x = tokens()
+    torch.testing.assert_close(looped(x), unrolled(x), rtol=0, atol=0)
+
+
+def test_n_loops_override_per_call():
+    torch.manual_seed(0)
+    model = LoopMDM(CFG)
+    five = LoopMDM(dataclasses.replace(CFG, n_loops=5))
+    five.load_state_dict(model.state_dict())
+    x = tokens()
+    assert torch.equal(model(x, n_loops=5), five(x))
+    assert not torch.allclose(model(x, n_loops=5), model(x))
+    with pytest.raises(ValueError):
+        model(x, n_loops=0)
+
+
+def test_attention_is_bidirectional():
+    torch.manual_seed(0)
+    model = LoopMDM(CFG)
+    x = tokens(batch=1)
+    y = x.clone()
+    y[0, -1] = (x[0, -1] + 1) % 63
+    assert not torch.allclose(model(x)[0, 0], model(y)[0, 0])  # the first position sees the last token
+
+
+def test_baselines():
+    assert same_size(CFG).n_loops == 1 and same_size(CFG).n_layers == CFG.n_layers
+    assert flops.num_params(same_size(CFG)) == flops.num_params(CFG)
+    deep = depth_matched(CFG)
+    assert deep.n_layers == 4 + 2 * 2 and deep.n_loops == 1
+    assert flops.forward_flops_per_token(deep, 128) == flops.forward_flops_per_token(CFG, 128)
+    assert flops.num_params(deep) > flops.num_params(CFG)
+
+
+def test_param_count_matches_module():
+    for cfg in (CFG, dataclasses.replace(CFG, tie_embeddings=True), depth_matched(CFG)):
+        assert flops.num_params(cfg) == LoopMDM(cfg).num_params()
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(loop_end=5), "model.loop_start/loop_end"),
+    (dict(loop_start=2, loop_end=2), "model.loop_start/loop_end"),
+    (dict(loop_start=-1), "model.loop_start/loop_end"),
+    (dict(n_loops=0), "model.n_loops"),
+    (dict(d_model=30), "model.d_model"),
+    (dict(attention="xformers"), "model.attention"),
+])
+def test_invalid_model_configs_name_the_field(change, field):
+    problems = dataclasses.replace(CFG, **change).problems()
+    assert len(problems) == 1 and problems[0].startswith(field)
