@@ -33,17 +33,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class JsonlSink:
-    """Appends one JSON line per report; on resume, first drops lines past the checkpoint being resumed."""
+    """Appends one JSON line per report to <out>/metrics.jsonl, creating the run folder (with the resolved
+    config.yaml) at the first report, so a run that fails before training leaves nothing behind. On resume it
+    first drops the lines past the checkpoint being resumed: no step is ever written twice."""
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
+    def __init__(self, out: Path, config: dict, resume_step: int):
+        self.out, self.config, self.resume_step = out, config, resume_step
+        self._file = None
+
+    def _open(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        path = self.out / "metrics.jsonl"
         if path.exists():
             kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+                    if line.strip() and json.loads(line)["step"] <= self.resume_step]
             path.write_text("".join(line + "\n" for line in kept))
         self._file = open(path, "a")
 
     def __call__(self, step: int, values: dict):
+        if self._file is None:
+            self._open()
         self._file.write(json.dumps({"step": step, **values}) + "\n")
         self._file.flush()
 
@@ -83,11 +93,10 @@ def cmd_train(args) -> int:
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime())).resolve()
     ckpt_dir = out / "checkpoints"
     resume = checkpoint.latest(ckpt_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
-    jsonl = JsonlSink(out / "metrics.jsonl", resume.step if resume else 0)
-    bar = ProgressBar(run.steps, resume.step if resume else 0, enabled=not args.quiet)
-    print(f"run folder: {out}" + (f" (resuming from step {resume.step})" if resume else ""))
+    start = resume.step if resume else 0
+    jsonl = JsonlSink(out, run.config.to_dict(), start)
+    bar = ProgressBar(run.steps, start, enabled=not args.quiet)
+    print(f"run folder: {out}" + (f" (resuming from step {start})" if resume else ""))
 
     def sink(step, values):
         jsonl(step, values)
@@ -97,9 +106,9 @@ def cmd_train(args) -> int:
         result = train(cfg, sink=sink, checkpoint_dir=ckpt_dir)
     finally:
         bar.close()
-    print(f"done: {result.steps:,} steps, {result.flops:.3g} FLOPs, {result.tokens:,} tokens in "
-          f"{result.train_seconds:.0f} s of training ({result.tokens / max(result.train_seconds, 1e-9):,.0f} tokens/s "
-          f"this session)")
+    trained = (result.steps - result.resumed_from) * run.tokens_per_step
+    print(f"done: {result.steps:,} steps, {result.flops:.3g} FLOPs, {result.tokens:,} tokens; this session trained "
+          f"{trained:,} tokens in {result.train_seconds:.0f} s ({trained / max(result.train_seconds, 1e-9):,.0f} tokens/s)")
     print(f"validation: {result.val_loss:.4f} nats/token (ELBO bound), perplexity {result.val_ppl:.1f}; "
           f"unigram reference perplexity {result.unigram_ppl:.1f} ({result.unigram_ppl / result.val_ppl:.2f}x better)")
     print(f"metrics: {out / 'metrics.jsonl'}")

@@ -178,7 +178,9 @@ def _coerce(value, annotation, path: str):
     raise TypeError(f"unsupported config field type {annotation} at {path}")
 
 
-def _from_dict(cls, data, path: str):
+def from_dict(cls, data, path: str):
+    """Build dataclass `cls` from a mapping strictly: unknown keys and wrong types are ConfigErrors naming
+    `path`.key; all problems of the mapping are reported together."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -196,7 +198,7 @@ def _from_dict(cls, data, path: str):
             continue
         try:
             if dataclasses.is_dataclass(hints[key]):
-                kwargs[key] = _from_dict(hints[key], value, where)
+                kwargs[key] = from_dict(hints[key], value, where)
             else:
                 kwargs[key] = _coerce(value, hints[key], where)
         except ConfigError as e:
@@ -208,7 +210,7 @@ def _from_dict(cls, data, path: str):
 
 def load_run_config(data: dict | None) -> RunConfig:
     """Build and validate a RunConfig from a plain dict; every problem is reported in one ConfigError."""
-    cfg = _from_dict(RunConfig, data, "")
+    cfg = from_dict(RunConfig, data, "")
     problems = cfg.problems()
     if problems:
         raise ConfigError(problems)

@@ -31,9 +31,20 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("LOOPMDM_CACHE") or Path.home() / ".cache" / "loopmdm").expanduser()
 
 
-def _doc_is_val(text: str, val_fraction: float) -> bool:
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+def _doc_hash(text: str) -> float:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2**64
+
+
+def split_documents(texts: list[str], val_fraction: float) -> tuple[list[int], list[int]]:
+    """Indices of (train, validation) documents: a document is held out when the hash of its text falls below
+    val_fraction, so the split does not depend on order. At least one document lands on each side."""
+    hashes = [_doc_hash(t) for t in texts]
+    is_val = [h < val_fraction for h in hashes]
+    if not any(is_val):  # small corpora: hold out the document with the smallest hash
+        is_val[min(range(len(texts)), key=hashes.__getitem__)] = True
+    if all(is_val):
+        is_val[max(range(len(texts)), key=hashes.__getitem__)] = False
+    return [i for i, v in enumerate(is_val) if not v], [i for i, v in enumerate(is_val) if v]
 
 
 class PackedSequences:
@@ -146,13 +157,7 @@ def load_token_data(cfg: DataConfig) -> TokenData:
     if len(texts) < 2:
         raise DataError(f"data.corpus: {cfg.corpus} has {len(texts)} document; need at least 2 to hold one out "
                         f"for validation (in .txt files, separate documents by blank lines)")
-    is_val = [_doc_is_val(t, cfg.val_fraction) for t in texts]
-    if not any(is_val):  # small corpora: hold out the document with the smallest hash
-        is_val[min(range(len(texts)), key=lambda i: hashlib.sha256(texts[i].encode()).digest())] = True
-    if all(is_val):
-        is_val[0] = False
-    train_idx = [i for i, v in enumerate(is_val) if not v]
-    val_idx = [i for i, v in enumerate(is_val) if v]
+    train_idx, val_idx = split_documents(texts, cfg.val_fraction)
 
     tok = _get_tokenizer(cfg, corpus, train_idx, root)
     key = hashlib.sha256(json.dumps([CACHE_VERSION, corpus.fingerprint, tok.fingerprint, cfg.seq_len,

@@ -74,15 +74,20 @@ class ModelConfig:
         return p
 
 
+def plain(cfg: ModelConfig, n_layers: int) -> ModelConfig:
+    # A non-looped model is written with the canonical loop [0, n_layers) x 1, so configs that describe the
+    # same network compare equal (a sweep then trains a baseline shared by several loop configs once).
+    return dataclasses.replace(cfg, n_layers=n_layers, loop_start=0, loop_end=n_layers, n_loops=1)
+
+
 def same_size(cfg: ModelConfig) -> ModelConfig:
     """The same-size baseline: the same layers and parameters, run once (n_loops = 1)."""
-    return dataclasses.replace(cfg, n_loops=1)
+    return plain(cfg, cfg.n_layers)
 
 
 def depth_matched(cfg: ModelConfig) -> ModelConfig:
     """The depth-matched baseline: as many plain layers as the unrolled loop applies (same FLOPs per token)."""
-    depth = cfg.applied_layers()
-    return dataclasses.replace(cfg, n_layers=depth, loop_start=0, loop_end=depth, n_loops=1)
+    return plain(cfg, cfg.applied_layers())
 
 
 class RMSNorm(nn.Module):

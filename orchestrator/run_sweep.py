@@ -1,0 +1,60 @@
+"""python orchestrator/run_sweep.py sweeps/iso_flops.yaml [--dry-run] [--tracking-uri URI] [--address ADDR]
+
+Runs an iso-FLOPs sweep on Ray Tune, every trial logged to MLflow. Running the same command again resumes an
+interrupted sweep; --restart starts it over. User errors print one message and exit 2, before any compute.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script from a checkout: make `orchestrator` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loopmdm_core.errors import LoopMDMError  # noqa: E402
+from orchestrator import spec as specs  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="sweep YAML, e.g. sweeps/iso_flops.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="print the trial table and total FLOPs; start nothing")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's tracking.uri, then "
+                                               "MLFLOW_TRACKING_URI, then sqlite:///mlflow.db here)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--resume", action="store_true", help="resume an interrupted sweep (the default whenever "
+                                                              "its results folder exists; kept for explicitness)")
+    parser.add_argument("--restart", action="store_true", help="discard the sweep's Ray results and start over "
+                                                               "(new MLflow runs; the old ones stay)")
+    parser.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1:8265")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no live trial table")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.resume and args.restart:
+        parser.error("--resume and --restart contradict each other")
+    try:
+        spec = specs.load(args.sweep)
+        trials = specs.expand(spec)
+        total = sum(t.plan.total_flops for t in trials)
+        print(f"sweep {spec.name!r}: {len(trials)} trials, {total:.3g} training FLOPs in all")
+        if args.dry_run:
+            print(specs.trial_table(trials))
+            return 0
+        from orchestrator import sweep
+        outcome = sweep.run(spec, tracking_uri=args.tracking_uri, address=args.address, restart=args.restart,
+                            dashboard=args.dashboard, verbose=0 if args.quiet else 1)
+    except LoopMDMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nsweep {spec.name!r} done in {outcome.seconds:.0f} s: {len(outcome.finished)} finished, "
+          f"{len(outcome.failed)} failed, {len(outcome.interrupted)} interrupted")
+    for name, error in outcome.failed.items():
+        print(f"  FAILED {name}: {error}")
+    print(f"MLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}\n"
+          f"  browse: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    return 0 if outcome.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

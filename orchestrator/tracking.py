@@ -1,0 +1,168 @@
+"""MLflow side of a sweep: the store, one parent run per sweep, one child run per trial, batched metrics.
+
+Runs are found again by tags, never by memory: the parent by `loopmdm.sweep_key` (the sweep's name and
+storage folder), a trial by `loopmdm.trial_key` under that parent. So a resumed sweep reopens the same runs
+and a trial logs only steps after the last one its run holds: nothing is duplicated.
+"""
+
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from loopmdm_core import flatten, metrics
+from loopmdm_core.errors import LoopMDMError
+
+DEFAULT_DB = "mlflow.db"
+ERROR_TAG = "loopmdm.error"
+STEP_METRIC = metrics.FLOPS  # logged at every reported step: its history tells the last step a run holds
+
+
+class TrackingError(LoopMDMError):
+    """The tracking store cannot be reached or used."""
+
+
+def resolve_uri(cli_uri: str | None = None, spec_uri: str = "") -> str:
+    """--tracking-uri, then the sweep's tracking.uri, then MLFLOW_TRACKING_URI, then sqlite:///<cwd>/mlflow.db.
+
+    Relative SQLite and file paths are made absolute: Ray runs trials in other working directories.
+    """
+    uri = cli_uri or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    elif uri.startswith("file:") and not uri.startswith("file:///"):
+        uri = Path(uri[len("file:"):]).resolve().as_uri()
+    elif "://" not in uri:  # a bare path: MLflow treats it as a file store
+        uri = Path(uri).resolve().as_uri()
+    return uri
+
+
+def check_store(uri: str) -> MlflowClient:
+    """Make sure the store answers (creating a SQLite database and its tables here, in the driver, because
+    trials creating it at the same moment race). TrackingError with the fix otherwise."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start it "
+                                f"(mlflow server ...) or pass another --tracking-uri") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist")
+    elif uri.startswith("file:") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise TrackingError(f"tracking URI {uri}: MLflow refuses file stores unless MLFLOW_ALLOW_FILE_STORE=true; "
+                            f"prefer the default sqlite:///mlflow.db")
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # MLflow raises many types for a broken store
+        raise TrackingError(f"tracking store {uri} is not usable: {e}") from None
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name)
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment {name!r} is deleted in the tracking store; restore it (mlflow "
+                            f"experiments restore) or rename the sweep")
+    return exp.experiment_id
+
+
+def _find(client: MlflowClient, exp_id: str, filter_string: str):
+    runs = client.search_runs([exp_id], filter_string=filter_string, order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return runs[0] if runs else None
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict):
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def open_parent_run(client: MlflowClient, exp_id: str, sweep_key: str, params: dict, sweep_yaml: str,
+                    fresh: bool) -> str:
+    """The sweep's parent run: reopened when resuming (same sweep_key), created otherwise."""
+    if not fresh:
+        found = _find(client, exp_id, f"tags.`loopmdm.sweep_key` = '{sweep_key}' and tags.`loopmdm.role` = 'sweep'")
+        if found:
+            client.update_run(found.info.run_id, status="RUNNING")
+            return found.info.run_id
+    run = client.create_run(exp_id, tags={"loopmdm.role": "sweep", "loopmdm.sweep_key": sweep_key,
+                                          "mlflow.runName": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"})
+    _log_params(client, run.info.run_id, params)
+    client.log_text(run.info.run_id, sweep_yaml, "sweep.yaml")
+    return run.info.run_id
+
+
+def open_trial_run(client: MlflowClient, exp_id: str, parent_id: str, key: str, name: str, tags: dict,
+                   config: dict, derived: dict) -> str:
+    """The trial's child run, found by its trial_key under the parent, or created (SCHEDULED) with params
+    (the flattened config and what it implies) and the resolved config as an artifact."""
+    found = _find(client, exp_id, f"tags.`loopmdm.trial_key` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+    if found:
+        return found.info.run_id
+    run = client.create_run(exp_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_id})
+    run_id = run.info.run_id
+    _log_params(client, run_id, {**flatten(config), **derived})
+    client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+    client.update_run(run_id, status="SCHEDULED")
+    return run_id
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, error: str | None = None):
+    if error:
+        client.set_tag(run_id, ERROR_TAG, error[:5000])
+    client.set_terminated(run_id, status=status)
+
+
+def run_status(client: MlflowClient, run_id: str) -> str:
+    return client.get_run(run_id).info.status
+
+
+class TrialLogger:
+    """A trial's sink: buffers metrics and sends them with log_batch (one call per flush, not per value).
+
+    Steps at or below the last step the run already holds are dropped, so a trial resumed from a checkpoint
+    re-reporting a few steps logs none of them twice. Flushes every `flush_seconds` and whenever asked (the
+    trainable flushes before each checkpoint: steps after it are re-reported on resume anyway).
+    """
+
+    def __init__(self, uri: str, run_id: str, flush_seconds: float = 10.0):
+        self.client, self.run_id, self.flush_seconds = MlflowClient(uri), run_id, flush_seconds
+        history = self.client.get_metric_history(run_id, STEP_METRIC)
+        self.last_step = max((m.step for m in history), default=0)
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self.client.update_run(run_id, status="RUNNING")
+        if ERROR_TAG in self.client.get_run(run_id).data.tags:  # a retry clears the error of its last attempt
+            self.client.delete_tag(run_id, ERROR_TAG)
+
+    def __call__(self, step: int, values: dict):
+        if step <= self.last_step:
+            return
+        now_ms = int(time.time() * 1000)
+        self._buffer += [Metric(k, float(v), now_ms, step) for k, v in values.items()]
+        self.last_step = step
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self):
+        for i in range(0, len(self._buffer), 1000):  # log_batch takes at most 1000 metrics per call
+            self.client.log_batch(self.run_id, metrics=self._buffer[i:i + 1000])
+        self._buffer = []
+        self._last_flush = time.monotonic()
+
+    def finish(self, status: str, error: str | None = None):
+        self.flush()
+        end_run(self.client, self.run_id, status, error)
+

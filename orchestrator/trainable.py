@@ -1,0 +1,84 @@
+"""One trial = one call of the core trainer inside a Ray worker, reporting to MLflow and to Ray Tune.
+
+Ray Tune gets a small result at every metric report (for its live table and for Optuna) and the core's
+checkpoint folder at each checkpoint (`tune.report(..., checkpoint=...)`), which it persists under the
+sweep's storage path; on a retry or a resumed sweep the trial starts from the newest one.
+"""
+
+import json
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from loopmdm_core import load_run_config, metrics, train
+from loopmdm_core.config import apply_overrides
+from loopmdm_core.train import plan
+
+from . import tracking
+
+# Tune's result keys: no '/' (Tune treats it as nesting in its loggers and tables).
+TUNE_KEYS = {metrics.TRAIN_LOSS: "train_loss", metrics.VAL_LOSS: "val_loss", metrics.FLOPS: "flops",
+             metrics.TOKENS_PER_S: "tokens_per_s"}
+
+
+def tune_metric(name: str) -> str:
+    return TUNE_KEYS.get(name, name.replace("/", "_"))
+
+
+def _restore_checkpoint(root: Path):
+    """Copy Tune's newest checkpoint of this trial (if any) into the core's checkpoint folder layout."""
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return
+    with ckpt.as_directory() as folder:
+        step = json.loads((Path(folder) / "state.json").read_text())["step"]
+        shutil.copytree(folder, root / f"step_{step:09d}")
+
+
+def run_trial(space: dict):
+    """The Ray Tune function trainable. `space["trial"]` is what the driver prepared (orchestrator.sweep);
+    `space["search"]`, when present, holds values an Optuna searcher sampled (dotted config keys)."""
+    trial = space["trial"]
+    torch.set_num_threads(max(1, int(trial["cpus"])))
+    config, run_id = trial["config"], trial.get("run_id")
+    searched = space.get("search") or {}
+    client = tracking.check_store(trial["tracking_uri"])
+    if searched:  # a sampled config is a new trial: its own key and run
+        from .spec import trial_key
+        cfg = load_run_config(apply_overrides(config, [f"{k}={v}" for k, v in searched.items()]))
+        config = cfg.to_dict()
+        key = trial_key(cfg)
+        tags = {**trial["tags"], "loopmdm.trial_key": key, "loopmdm.search_cell": trial["key"]}
+        run_id = tracking.open_trial_run(client, trial["experiment_id"], trial["parent_id"], key,
+                                         f"{trial['name']}-{key[:6]}", tags, config, trial["derived"])
+    cfg = load_run_config(config)
+    checkpoint_steps = set(plan(cfg).checkpoint_steps)
+    logger = tracking.TrialLogger(trial["tracking_uri"], run_id)
+    root = Path(tempfile.mkdtemp(prefix="loopmdm-trial-"))
+    latest: dict = {}
+
+    def sink(step: int, values: dict):
+        logger(step, values)
+        latest.update({tune_metric(k): v for k, v in values.items()}, step=step)
+        if step not in checkpoint_steps:  # at a checkpoint step, on_checkpoint reports with the checkpoint
+            tune.report(dict(latest))
+
+    def on_checkpoint(step: int, path: Path):
+        logger.flush()  # MLflow holds every step up to the checkpoint before Tune records it
+        tune.report(dict(latest), checkpoint=tune.Checkpoint.from_directory(str(path)))
+
+    try:
+        _restore_checkpoint(root)
+        result = train(cfg, sink=sink, checkpoint_dir=root, on_checkpoint=on_checkpoint)
+    except BaseException as e:
+        logger.finish("FAILED", error="".join(traceback.format_exception_only(type(e), e)).strip())
+        raise
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    logger.finish("FINISHED")
+    if result.resumed_from == result.steps:  # nothing left to train: still hand Tune a final result
+        tune.report({tune_metric(metrics.VAL_LOSS): result.val_loss, "step": result.steps})

@@ -1,0 +1,97 @@
+"""The Ray Tune part of a sweep: a grid Tuner over the prepared trials, or one Optuna study per variant cell."""
+
+import json
+from pathlib import Path
+
+from ray import tune
+
+from .trainable import run_trial, tune_metric
+
+PROGRESS_COLUMNS = {"step": "step", "train_loss": "train loss", "val_loss": "val loss", "flops": "FLOPs",
+                    "tokens_per_s": "tok/s"}
+
+
+def _trainable(spec):
+    return tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _run_config(spec, storage: Path, name: str, verbose: int) -> tune.RunConfig:
+    reporter = tune.CLIReporter(metric_columns=PROGRESS_COLUMNS, parameter_columns={}, max_report_frequency=15,
+                                max_progress_rows=50, sort_by_metric=False)
+    return tune.RunConfig(name=name, storage_path=str(storage),
+                          failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                          progress_reporter=reporter, verbose=verbose)
+
+
+def _trial_name(trial) -> str:
+    return trial.config["trial"]["name"]
+
+
+def _collect(results, outcome):
+    for result in results:
+        name = result.config["trial"]["name"]
+        if result.error is not None:
+            outcome.failed[name] = str(result.error).strip().splitlines()[-1][:2000]
+        elif name not in outcome.failed:
+            outcome.finished.append(name)
+
+
+def _fit(spec, trainable, param_space, path: Path, resume: bool, tune_config, run_config):
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=param_space,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    return tuner.fit()
+
+
+def run_grid(spec, trial_dicts: list[dict], storage: Path, resume: bool, verbose: int, outcome):
+    tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
+                                  trial_name_creator=_trial_name,
+                                  trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
+    results = _fit(spec, _trainable(spec), {"trial": tune.grid_search(trial_dicts)}, storage / spec.name, resume,
+                   tune_config, _run_config(spec, storage, spec.name, verbose))
+    _collect(results, outcome)
+
+
+def _distribution(param):
+    if param.distribution == "loguniform":
+        return tune.loguniform(param.low, param.high)
+    if param.distribution == "uniform":
+        return tune.uniform(param.low, param.high)
+    if param.distribution == "int":
+        return tune.randint(int(param.low), int(param.high) + 1)
+    return tune.choice(list(param.choices))
+
+
+def run_search(spec, trial_dicts: list[dict], storage: Path, resume: bool, verbose: int, outcome, client):
+    """One Optuna study per variant cell (Optuna samples continuous spaces, it cannot also walk a grid): each
+    cell is its own Tuner with `n_trials` samples. The best sample of each cell is recorded on the parent run."""
+    from ray.tune.search.optuna import OptunaSearch
+    metric = tune_metric(spec.search.metric)
+    best = {}
+    for trial in trial_dicts:
+        cell = f"{spec.name}-{trial['name']}"
+        space = {"trial": trial, "search": {k: _distribution(p) for k, p in spec.search.params}}
+        tune_config = tune.TuneConfig(search_alg=OptunaSearch(metric=metric, mode="min", seed=trial["config"]["train"]["seed"]),
+                                      num_samples=spec.search.n_trials,
+                                      max_concurrent_trials=spec.max_concurrent or None,
+                                      trial_name_creator=_trial_name,
+                                      trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
+        results = _fit(spec, _trainable(spec), space, storage / cell, resume, tune_config,
+                       _run_config(spec, storage, cell, verbose))
+        for result in results:
+            name = f"{trial['name']}[{json.dumps(result.config.get('search', {}), sort_keys=True)}]"
+            if result.error is not None:
+                outcome.failed[name] = str(result.error).strip().splitlines()[-1][:2000]
+            else:
+                outcome.finished.append(name)
+        good = [r for r in results if r.error is None and r.metrics and metric in r.metrics]
+        if good:
+            top = min(good, key=lambda r: r.metrics[metric])
+            best[trial["name"]] = {"search": top.config["search"], spec.search.metric: top.metrics[metric]}
+            client.set_tag(trial["parent_id"], f"loopmdm.best.{trial['key']}",
+                           json.dumps({"trial": trial["name"], **best[trial["name"]]})[:5000])
+    if trial_dicts:
+        client.log_text(trial_dicts[0]["parent_id"], json.dumps(best, indent=2), "best_configs.json")

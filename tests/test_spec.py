@@ -1,0 +1,123 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loopmdm_core import flops
+from loopmdm_core.errors import ConfigError
+from orchestrator import spec as specs
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"model": {"n_layers": 4, "d_model": 64, "n_heads": 4}, "train": {"batch_size": 8}}
+
+
+def sweep(**overrides):
+    data = {"name": "t", "base": BASE, "loops": {"loop_start": [1], "loop_end": [3], "n_loops": [2, 3]},
+            "baselines": ["same_size", "depth_matched"], "budgets": [1e12, 2e12], "seeds": [0, 1]}
+    data.update(overrides)
+    return specs.parse(data)
+
+
+def test_expansion_groups_each_loop_with_its_baselines():
+    trials = specs.expand(sweep())
+    # per (budget, seed): 2 loops + 1 shared same_size + 2 depth_matched (6 and 8 layers)
+    assert len(trials) == 2 * 2 * 5
+    assert len({t.key for t in trials}) == len(trials)
+    by_group = {}
+    for t in trials:
+        by_group.setdefault(t.group, []).append(t)
+    assert len(by_group) == 4
+    for members in by_group.values():
+        assert {t.budget_flops for t in members} == {members[0].budget_flops}
+        assert {t.seed for t in members} == {members[0].seed}
+        labels = sorted(t.label for t in members)
+        assert labels == ["depth_matched(6L)", "depth_matched(8L)", "loop[1,3)x2", "loop[1,3)x3", "same_size(4L)"]
+        loops = [t for t in members if t.variant == "loop"]
+        same = next(t for t in members if t.variant == "same_size")
+        for loop in loops:
+            deep = next(t for t in members if t.label == f"depth_matched({loop.config.model.applied_layers()}L)")
+            seq = loop.config.data.seq_len
+            assert flops.forward_flops_per_token(deep.config.model, seq) == \
+                flops.forward_flops_per_token(loop.config.model, seq)
+            assert same.plan.params == loop.plan.params
+            assert deep.plan.params > loop.plan.params
+        assert all(t.config.train.budget_flops == t.budget_flops and t.config.train.seed == t.seed for t in members)
+
+
+def test_shared_baselines_are_deduplicated():
+    trials = specs.expand(sweep(loops=[{"loop_start": 1, "loop_end": 3, "n_loops": 3},
+                                       {"loop_start": 0, "loop_end": 2, "n_loops": 3}], budgets=[1e12], seeds=[0]))
+    # both loops unroll to 8 layers: one same_size and one depth_matched serve both
+    assert sorted(t.label for t in trials) == ["depth_matched(8L)", "loop[0,2)x3", "loop[1,3)x3", "same_size(4L)"]
+
+
+def test_trial_key_is_stable_and_tags_complete():
+    a, b = specs.expand(sweep()), specs.expand(sweep())
+    assert [t.key for t in a] == [t.key for t in b]
+    assert set(a[0].tags) == {"loopmdm.role", "loopmdm.variant", "loopmdm.label", "loopmdm.group", "loopmdm.seed",
+                              "loopmdm.budget_flops", "loopmdm.trial_key"}
+
+
+BAD = [
+    ({"nmae": "x"}, "nmae: unknown key; did you mean 'name'?"),
+    ({"name": ""}, "name: missing"),
+    ({"base": {"model": {"n_loop": 2}}}, "base.model.n_loop: unknown key; did you mean 'model.n_loops'?"),
+    ({"base": {"model": {"d_model": 60, "n_heads": 8}}}, "base.model.d_model"),
+    ({"base": {"model": {"n_layers": 4, "n_loops": 2}}}, "base.model.n_loops: set by the sweep's loops:"),
+    ({"loops": {"loop_start": [1], "loop_end": [5], "n_loops": [2]}}, "loops (loop_start=1, loop_end=5, n_loops=2): loop_end 5 > base.model.n_layers=4"),
+    ({"loops": {"loop_start": [3], "loop_end": [2], "n_loops": [2]}}, "empty loop"),
+    ({"loops": {"loop_start": [1], "loop_end": [3], "n_loops": [1]}}, "n_loops must be >= 2"),
+    ({"loops": {"loop_start": [1], "loop_end": [3]}}, "loops: missing n_loops"),
+    ({"loops": {"loop_start": [1], "loop_end": [3], "n_loops": []}}, "loops.n_loops: empty list"),
+    ({"loops": [{"loop_start": 1, "loop_end": 3, "n_loops": 2, "depth": 1}]}, "loops[0].depth: unknown key"),
+    ({"loops": None}, "loops: missing"),
+    ({"baselines": ["same_size", "bigger"]}, "baselines[1]: 'bigger' is not one of"),
+    ({"budgets": []}, "budgets: missing"),
+    ({"budgets": [1e12, -5]}, "budgets[1]: must be > 0"),
+    ({"budgets": [10.0]}, "buys no step"),
+    ({"seeds": ["one"]}, "seeds[0]: expected an integer"),
+    ({"resources": {"cpu": 0, "gpu": 0}}, "resources: a trial needs some cpu or gpu"),
+    ({"resources": {"gpu": 1.5}}, "resources.gpu: above 1, ask for whole GPUs"),
+    ({"resources": {"tpu": 1}}, "resources.tpu: unknown key"),
+    ({"search": {"params": {"train.lrr": {"low": 1e-4, "high": 1e-2}}}}, "search.params.train.lrr: not a run config key"),
+    ({"search": {"params": {"train.lr": {"distribution": "loguniform", "low": 0, "high": 1e-2}}}}, "loguniform needs low > 0"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_sweeps_name_the_yaml_path(change, message):
+    with pytest.raises(ConfigError) as info:
+        specs.expand(sweep(**change))
+    assert any(message in p for p in info.value.problems), info.value.problems
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        sweep(nmae="x", budgets=[-1], seeds=["a"], loops={"loop_start": [1], "loop_end": [9], "n_loops": [1]})
+    assert len(info.value.problems) >= 4
+
+
+def test_shipped_sweeps_are_valid():
+    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+        trials = specs.expand(specs.load(path))
+        assert trials, path
+
+
+def test_dry_run_prints_the_table_and_starts_nothing(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "dry", "base": BASE, "loops": {"loop_start": [1], "loop_end": [3],
+                                    "n_loops": [2]}, "budgets": [1e12], "seeds": [0]}))
+    out = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), str(path), "--dry-run"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "3 trials" in out.stdout and "depth_matched(6L)" in out.stdout and "FLOPs/token" in out.stdout
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbase: {model: {n_layers: 2}}\nloops: {loop_start: [1], loop_end: [3], n_loops: [2]}\n"
+                   "budgets: [1.0e12]\n")
+    out = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), str(bad)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "loop_end 3 > base.model.n_layers=2" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "mlflow.db").exists()

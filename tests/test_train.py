@@ -1,0 +1,94 @@
+import math
+import shutil
+
+import pytest
+from safetensors.torch import load_file
+
+from loopmdm_core import checkpoint, metrics
+from loopmdm_core.errors import CheckpointError, ConfigError
+from loopmdm_core.train import plan, train
+
+PERF = (metrics.TOKENS_PER_S, metrics.MFU)
+
+
+class Recorder:
+    def __init__(self, stop_at=None):
+        self.rows, self.stop_at = {}, stop_at
+
+    def __call__(self, step, values):
+        if step == self.stop_at:
+            raise KeyboardInterrupt  # what a killed run looks like from inside: it stops mid-loop
+        self.rows[step] = {k: v for k, v in values.items() if k not in PERF}
+
+
+def test_training_reports_every_metric_and_learns(tiny_config):
+    cfg = tiny_config(train={"budget_flops": 6e9})
+    run = plan(cfg)
+    rec = Recorder()
+    result = train(cfg, sink=rec)
+    assert result.steps == run.steps and result.flops == run.steps * run.flops_per_step <= 6e9
+    for step, values in rec.rows.items():
+        assert set(values) <= set(metrics.ALL)
+        assert values[metrics.FLOPS] == step * run.flops_per_step  # flops beside every loss
+        assert values[metrics.TOKENS] == step * run.tokens_per_step
+    evals = [s for s, v in rec.rows.items() if metrics.VAL_LOSS in v]
+    assert evals == list(run.eval_steps)
+    first, last = rec.rows[evals[0]][metrics.VAL_LOSS], rec.rows[evals[-1]][metrics.VAL_LOSS]
+    assert last < first < math.log(cfg.model.vocab_size or 384) + 1
+    assert result.val_loss == last and result.val_ppl == pytest.approx(math.exp(last))
+    assert result.val_ppl < result.unigram_ppl  # learned more than token frequencies
+
+
+def test_resume_gives_the_same_weights_and_metrics(tiny_config, tmp_path):
+    cfg = tiny_config(train={"checkpoint_every": 4})
+    steps = plan(cfg).steps
+    assert steps > 12
+    full = Recorder()
+    train(cfg, sink=full, checkpoint_dir=tmp_path / "a")
+
+    first = Recorder(stop_at=10)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, sink=first, checkpoint_dir=tmp_path / "b")
+    assert checkpoint.latest(tmp_path / "b").step == 8
+    second = Recorder()
+    result = train(cfg, sink=second, checkpoint_dir=tmp_path / "b")
+    assert result.resumed_from == 8 and min(second.rows) == 10
+
+    assert {**first.rows, **second.rows} == full.rows  # bit-identical losses, lr, flops
+    final_a = load_file(str(checkpoint.latest(tmp_path / "a").path / "model.safetensors"))
+    final_b = load_file(str(checkpoint.latest(tmp_path / "b").path / "model.safetensors"))
+    assert final_a.keys() == final_b.keys()
+    assert all((final_a[k] == final_b[k]).all() for k in final_a)
+
+
+def test_corrupt_checkpoint_falls_back_then_fails_clearly(tiny_config, tmp_path, caplog):
+    cfg = tiny_config(train={"checkpoint_every": 4, "budget_flops": 1.5e9})
+    train(cfg, checkpoint_dir=tmp_path)
+    newest, older = sorted(p for p in tmp_path.iterdir() if p.name.startswith("step_"))[::-1]
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    assert checkpoint.latest(tmp_path).path == older
+    assert "does not match its checksum" in caplog.text
+    (older / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="no intact checkpoint"):
+        train(cfg, checkpoint_dir=tmp_path)
+
+
+def test_checkpoint_of_another_config_is_refused(tiny_config, tmp_path):
+    train(tiny_config(train={"budget_flops": 1e9}), checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="do not match this model"):
+        train(tiny_config(model={"d_model": 64}, train={"budget_flops": 1e9}), checkpoint_dir=tmp_path)
+
+
+def test_interrupted_write_leaves_no_checkpoint(tiny_config, tmp_path):
+    train(tiny_config(train={"budget_flops": 1e9}), checkpoint_dir=tmp_path)
+    good = checkpoint.latest(tmp_path)
+    half = tmp_path / ".tmp-step_000000099-123"  # what a crash mid-save leaves behind
+    shutil.copytree(good.path, half)
+    (half / "model.safetensors").write_bytes(b"")
+    assert checkpoint.latest(tmp_path).path == good.path
+
+
+def test_vocab_too_small_is_a_config_error(tiny_config):
+    with pytest.raises(ConfigError, match="model.vocab_size"):
+        plan(tiny_config(model={"vocab_size": 320}))
