@@ -22,8 +22,8 @@ class DataConfig:
     corpus: str = "builtin:shakespeare"  # builtin:NAME, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG]
     text_field: str = "text"  # the text column of .jsonl/.parquet/hf corpora
     tokenizer: str = "bpe"  # bpe: a byte-level BPE trained on the corpus; gpt2: GPT-2's BPE (tiktoken)
-    bpe_vocab_size: int = 2048  # size of the trained BPE, special tokens included
-    seq_len: int = 128
+    bpe_vocab_size: int = 512  # size of the trained BPE, special tokens included
+    seq_len: int = 64
     val_fraction: float = 0.05  # share of documents held out (at least one)
     cache_dir: str = ""  # "": $LOOPMDM_CACHE or ~/.cache/loopmdm
 
@@ -43,9 +43,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    budget_flops: float = 1e13  # cumulative training FLOPs (flops.py); fixes the number of steps
-    batch_size: int = 32
-    lr: float = 3e-3
+    budget_flops: float = 1.5e13  # cumulative training FLOPs (flops.py); fixes the number of steps
+    batch_size: int = 16
+    lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
     schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
     warmup_frac: float = 0.05  # share of steps of linear warmup

@@ -56,6 +56,10 @@ def prepare_data(trials: list[specs.TrialSpec]):
 
 
 def init_ray(address: str | None, dashboard: bool):
+    # Tune's classic CLIReporter gives one compact table of all trials (the newer output prints a box per
+    # result); checkpoint snapshots every few steps are expected with tiny trials, not a bottleneck worth a warning.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     if ray.is_initialized():
         return
@@ -105,32 +109,38 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
     experiment_path.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps({"sweep_key": key, "parent_run_id": parent_id, "tracking_uri": uri}))
 
-    init_ray(address, dashboard)
-    from . import tune_runner
     outcome = SweepOutcome(parent_id, uri, experiment_path)
-    if spec.search:
-        tune_runner.run_search(spec, trial_dicts, storage, resume, verbose, outcome, client)
-    else:
-        tune_runner.run_grid(spec, trial_dicts, storage, resume, verbose, outcome)
-    _reconcile(client, trial_dicts, outcome)
-    status = "FINISHED" if outcome.ok else "FAILED"
-    summary = (f"{len(outcome.finished)} finished, {len(outcome.failed)} failed, "
-               f"{len(outcome.interrupted)} interrupted")
-    tracking.end_run(client, parent_id, status, None if outcome.ok else summary)
+    crash = None
+    try:
+        init_ray(address, dashboard)
+        from . import tune_runner
+        if spec.search:
+            tune_runner.run_search(spec, trial_dicts, storage, resume, verbose, outcome, client)
+        else:
+            tune_runner.run_grid(spec, trial_dicts, storage, resume, verbose, outcome)
+    except BaseException as e:  # even a crash of the driver leaves no run RUNNING
+        crash = f"sweep driver stopped: {type(e).__name__}: {e}"
+        raise
+    finally:
+        _reconcile(client, exp_id, parent_id, trial_dicts, outcome)
+        summary = crash or (f"{len(outcome.finished)} finished, {len(outcome.failed)} failed, "
+                            f"{len(outcome.interrupted)} interrupted")
+        tracking.end_run(client, parent_id, "FINISHED" if outcome.ok and not crash else "FAILED",
+                         None if outcome.ok and not crash else summary)
     outcome.seconds = time.monotonic() - start
     return outcome
 
 
-def _reconcile(client, trial_dicts: list[dict], outcome: SweepOutcome):
+def _reconcile(client, exp_id: str, parent_id: str, trial_dicts: list[dict], outcome: SweepOutcome):
     """No run is left RUNNING or SCHEDULED: a trial Ray saw fail is FAILED with its error; one the sweep never
-    finished (interrupted) is KILLED with how to resume."""
-    for t in trial_dicts:
-        if not t["run_id"]:
-            continue
-        status = tracking.run_status(client, t["run_id"])
-        if t["name"] in outcome.failed and status != "FAILED":
-            tracking.end_run(client, t["run_id"], "FAILED", outcome.failed[t["name"]])
+    finished (interrupted) is KILLED, with how to resume."""
+    names = {t["run_id"]: t["name"] for t in trial_dicts if t["run_id"]}
+    for run in tracking.child_runs(client, exp_id, parent_id):
+        run_id, status = run.info.run_id, run.info.status
+        name = names.get(run_id, run.info.run_name)
+        if name in outcome.failed and status != "FAILED":
+            tracking.end_run(client, run_id, "FAILED", outcome.failed[name])
         elif status in ("RUNNING", "SCHEDULED"):
-            if t["name"] not in outcome.failed:
-                outcome.interrupted.append(t["name"])
-            tracking.end_run(client, t["run_id"], "KILLED", "interrupted: run the same command again to resume")
+            if name not in outcome.failed:
+                outcome.interrupted.append(name)
+            tracking.end_run(client, run_id, "KILLED", "interrupted: run the same command again to resume")

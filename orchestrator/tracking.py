@@ -119,6 +119,11 @@ def open_trial_run(client: MlflowClient, exp_id: str, parent_id: str, key: str, 
     return run_id
 
 
+def child_runs(client: MlflowClient, exp_id: str, parent_id: str) -> list:
+    return list(client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                   max_results=50000))
+
+
 def end_run(client: MlflowClient, run_id: str, status: str, error: str | None = None):
     if error:
         client.set_tag(run_id, ERROR_TAG, error[:5000])

@@ -60,22 +60,30 @@ def run_trial(space: dict):
     logger = tracking.TrialLogger(trial["tracking_uri"], run_id)
     root = Path(tempfile.mkdtemp(prefix="loopmdm-trial-"))
     latest: dict = {}
+    required = trial.get("required_metric")  # a searcher (Optuna) needs its metric in every result
+
+    def report(checkpoint=None):
+        if not required or required in latest:
+            tune.report(dict(latest), checkpoint=checkpoint)
 
     def sink(step: int, values: dict):
         logger(step, values)
         latest.update({tune_metric(k): v for k, v in values.items()}, step=step)
         if step not in checkpoint_steps:  # at a checkpoint step, on_checkpoint reports with the checkpoint
-            tune.report(dict(latest))
+            report()
 
     def on_checkpoint(step: int, path: Path):
         logger.flush()  # MLflow holds every step up to the checkpoint before Tune records it
-        tune.report(dict(latest), checkpoint=tune.Checkpoint.from_directory(str(path)))
+        report(tune.Checkpoint.from_directory(str(path)))
 
     try:
         _restore_checkpoint(root)
         result = train(cfg, sink=sink, checkpoint_dir=root, on_checkpoint=on_checkpoint)
-    except BaseException as e:
+    except Exception as e:
         logger.finish("FAILED", error="".join(traceback.format_exception_only(type(e), e)).strip())
+        raise
+    except BaseException:  # stopped from outside (the driver ended): keep what was logged, stay resumable
+        logger.flush()
         raise
     finally:
         shutil.rmtree(root, ignore_errors=True)

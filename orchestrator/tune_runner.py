@@ -16,7 +16,8 @@ def _trainable(spec):
 
 
 def _run_config(spec, storage: Path, name: str, verbose: int) -> tune.RunConfig:
-    reporter = tune.CLIReporter(metric_columns=PROGRESS_COLUMNS, parameter_columns={}, max_report_frequency=15,
+    reporter = tune.CLIReporter(metric_columns=PROGRESS_COLUMNS, parameter_columns={"trial/config/train/lr": "lr"},
+                                max_report_frequency=15,
                                 max_progress_rows=50, sort_by_metric=False)
     return tune.RunConfig(name=name, storage_path=str(storage),
                           failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -73,7 +74,8 @@ def run_search(spec, trial_dicts: list[dict], storage: Path, resume: bool, verbo
     best = {}
     for trial in trial_dicts:
         cell = f"{spec.name}-{trial['name']}"
-        space = {"trial": trial, "search": {k: _distribution(p) for k, p in spec.search.params}}
+        space = {"trial": {**trial, "required_metric": metric},
+                 "search": {k: _distribution(p) for k, p in spec.search.params}}
         tune_config = tune.TuneConfig(search_alg=OptunaSearch(metric=metric, mode="min", seed=trial["config"]["train"]["seed"]),
                                       num_samples=spec.search.n_trials,
                                       max_concurrent_trials=spec.max_concurrent or None,

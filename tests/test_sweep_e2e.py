@@ -1,0 +1,154 @@
+"""Sweeps end to end through real Ray Tune and real MLflow on SQLite (no mocks), kill-and-resume included."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def write_sweep(tmp_path, tiny_corpus, cache_dir, name, **extra) -> Path:
+    data = {
+        "name": name,
+        "base": {"model": {"n_layers": 3, "d_model": 32, "n_heads": 2},
+                 "data": {"corpus": tiny_corpus, "bpe_vocab_size": 320, "seq_len": 32, "cache_dir": cache_dir,
+                          "val_fraction": 0.2},
+                 "train": {"batch_size": 8, "log_every": 2, "checkpoint_every": 4},
+                 "eval": {"fractions": [0.5, 1.0], "n_batches": 2, "batch_size": 4, "n_t": 2}},
+        "loops": {"loop_start": [1], "loop_end": [2], "n_loops": [2]},
+        "baselines": ["same_size", "depth_matched"],
+        "budgets": [3e9],
+        "seeds": [0],
+        "resources": {"cpu": 1},
+        "max_concurrent": 1,
+        "max_failures": 0,
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start_sweep(sweep: Path, cwd: Path, *args) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), str(sweep), "-q", *args],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: Ray's processes die with it
+
+
+def finish(proc: subprocess.Popen, timeout=420) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode in (0, 1), out
+    return out
+
+
+def runs_of(cwd: Path, name: str):
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("loopmdm.role") == "sweep"]
+    trials = {r.data.tags["loopmdm.trial_key"]: r for r in runs if r.data.tags.get("loopmdm.role") == "trial"}
+    return client, parents, trials
+
+
+def histories(client, run) -> dict[str, list[tuple[int, float]]]:
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics if not key.startswith("perf/")}
+
+
+def test_sweep_logs_runs_tags_and_metrics(tmp_path, tiny_corpus, cache_dir):
+    sweep = write_sweep(tmp_path, tiny_corpus, cache_dir, "e2e")
+    out = finish(start_sweep(sweep, tmp_path))
+    assert "3 finished, 0 failed" in out, out
+    client, parents, trials = runs_of(tmp_path, "e2e")
+    assert len(parents) == 1 and len(trials) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert "sweep.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    variants = sorted(r.data.tags["loopmdm.variant"] for r in trials.values())
+    assert variants == ["depth_matched", "loop", "same_size"]
+    for run in trials.values():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["loopmdm.group"] == "b3e+09-s0" and run.data.tags["loopmdm.seed"] == "0"
+        assert run.data.params["model.n_layers"] in ("3", "4") and "train.lr" in run.data.params
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+        h = histories(client, run)
+        steps = int(run.data.params["derived.steps"])
+        flops_steps = [s for s, _ in h["flops"]]
+        assert flops_steps == sorted(set(flops_steps)) and flops_steps[-1] == steps  # no step twice
+        assert {s for s, _ in h["val/loss"]} <= set(flops_steps)  # flops logged beside every loss
+        assert {s for s, _ in h["train/loss"]} <= set(flops_steps)
+        assert [s for s, _ in h["val/loss"]] == [round(steps / 2), steps]
+
+
+def test_killed_sweep_resumes_without_duplicates(tmp_path, tiny_corpus, cache_dir):
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    reference_dir.mkdir()
+    killed_dir.mkdir()
+    finish(start_sweep(write_sweep(reference_dir, tiny_corpus, cache_dir, "resume"), reference_dir))
+
+    sweep = write_sweep(killed_dir, tiny_corpus, cache_dir, "resume")
+    proc = start_sweep(sweep, killed_dir)
+    deadline = time.monotonic() + 300
+    killed_mid_trial = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if not (killed_dir / "mlflow.db").exists():
+            continue
+        try:
+            client, _, trials = runs_of(killed_dir, "resume")
+        except Exception:  # the driver is still creating the store
+            continue
+        done = [r for r in trials.values() if client.get_run(r.info.run_id).info.status == "FINISHED"]
+        running = [r for r in trials.values() if client.get_run(r.info.run_id).info.status == "RUNNING"
+                   and max((m.step for m in client.get_metric_history(r.info.run_id, "flops")), default=0) >= 6]
+        if done and running:  # one trial finished, the next one past its first checkpoint: kill now
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_mid_trial = True
+            break
+    proc.wait(timeout=60)
+    assert killed_mid_trial, "the sweep finished before it could be killed"
+    time.sleep(2)
+
+    out = finish(start_sweep(sweep, killed_dir))
+    assert "3 finished, 0 failed" in out, out
+    client_r, parents_r, ref = runs_of(reference_dir, "resume")
+    client_k, parents_k, got = runs_of(killed_dir, "resume")
+    assert len(parents_k) == 1 and parents_k[0].info.status == "FINISHED"
+    assert got.keys() == ref.keys()  # the same trials, one run each
+    for key, run in got.items():
+        assert run.info.status == "FINISHED"
+        h_got, h_ref = histories(client_k, run), histories(client_r, ref[key])
+        assert h_got.keys() == h_ref.keys()
+        for metric in h_ref:
+            assert [s for s, _ in h_got[metric]] == [s for s, _ in h_ref[metric]], (key, metric)
+            assert [v for _, v in h_got[metric]] == pytest.approx([v for _, v in h_ref[metric]], rel=1e-5)
+
+
+def test_failing_trial_is_failed_with_its_error_and_others_finish(tmp_path, tiny_corpus, cache_dir):
+    # Optuna samples lr from two values, one of which makes the loss infinite at once: that trial fails with
+    # TrainingDiverged, the others finish, and the best config lands on the parent run.
+    sweep = write_sweep(tmp_path, tiny_corpus, cache_dir, "search", baselines=[],
+                        search={"n_trials": 4, "params": {"train.lr": {"distribution": "choice",
+                                                                       "choices": [3e-3, 1e9]}}})
+    out = finish(start_sweep(sweep, tmp_path))
+    client, parents, trials = runs_of(tmp_path, "search")
+    statuses = sorted(r.info.status for r in trials.values())
+    assert "FAILED" in statuses and "FINISHED" in statuses, (statuses, out)
+    for run in trials.values():
+        if run.info.status == "FAILED":
+            assert "TrainingDiverged" in run.data.tags["loopmdm.error"]
+            assert run.data.params["train.lr"] == "1000000000.0"
+    parent = parents[0]
+    assert parent.info.status == "FAILED" and "failed" in parent.data.tags["loopmdm.error"]
+    best = [v for k, v in parent.data.tags.items() if k.startswith("loopmdm.best.")]
+    assert len(best) == 1 and '"train.lr": 0.003' in best[0]
