@@ -8,5 +8,6 @@ TOKENS = "tokens"  # cumulative training tokens
 LR = "lr"
 TOKENS_PER_S = "perf/tokens_per_s"
 MFU = "perf/mfu"
+TRAIN_SECONDS = "perf/train_seconds"  # cumulative wall time spent in training steps (no eval, no set-up)
 
-ALL = (TRAIN_LOSS, VAL_LOSS, VAL_PPL, FLOPS, TOKENS, LR, TOKENS_PER_S, MFU)
+ALL = (TRAIN_LOSS, VAL_LOSS, VAL_PPL, FLOPS, TOKENS, LR, TOKENS_PER_S, MFU, TRAIN_SECONDS)

@@ -21,7 +21,7 @@ import torch
 from . import checkpoint, diffusion, flops, metrics
 from .attention import resolve_backend
 from .config import RunConfig, load_run_config
-from .errors import ConfigError, DataError, LoopMDMError
+from .errors import CheckpointError, ConfigError, DataError, LoopMDMError
 from .model import LoopMDM
 from .schedule import lr_at
 from .tokenizer import mask_id, model_vocab_size
@@ -89,7 +89,24 @@ class TrainResult:
     params: int
     attention_backend: str
     resumed_from: int  # step of the checkpoint the run started from (0: fresh)
-    train_seconds: float  # wall time of this call's training (not evaluation or set-up)
+    train_seconds: float  # wall time of this call's training steps (not evaluation or set-up)
+
+
+# Settings that change how a run is executed or reported, not what it computes: a resume may change them.
+RESUMABLE_CHANGES = {"train.device", "train.compile", "train.log_every", "train.checkpoint_every", "train.peak_flops",
+                     "data.cache_dir"}
+
+
+def check_same_run(resume: checkpoint.Checkpoint, cfg: RunConfig):
+    """Refuse to resume from a checkpoint another config wrote: it would silently mix two runs."""
+    from .config import flatten
+    saved, current = flatten(resume.state.get("config", {})), flatten(cfg)
+    changed = sorted(k for k in saved.keys() | current.keys()
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
+        raise CheckpointError(f"{resume.path} was written by another config ({detail}); use another checkpoint "
+                              f"folder (--out) for this config")
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -163,6 +180,8 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     cfg = run.config
     sink = sink or (lambda step, values: None)
     resume = checkpoint.latest(checkpoint_dir)  # before any compute: a corrupt folder fails fast
+    if resume:
+        check_same_run(resume, cfg)
 
     device = pick_device(cfg.train.device)
     from .data import load_token_data  # imports `datasets`; kept off the package import path
@@ -177,10 +196,11 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     backend = resolve_backend(cfg.model.attention, device)
     model.set_attention_backend(backend)
     optimizer = build_optimizer(model, cfg, device)
-    start, loss_sum, loss_count = 0, 0.0, 0
+    start, loss_sum, loss_count, train_seconds = 0, 0.0, 0, 0.0
     if resume:
         checkpoint.restore(resume, model, optimizer)
         start, loss_sum, loss_count = resume.step, resume.state["loss_sum"], resume.state["loss_count"]
+        train_seconds = resume.state["train_seconds"]
         log.info("resumed from %s (step %d of %d)", resume.path, start, run.steps)
     if cfg.train.compile:
         for layer in model.layers:
@@ -192,7 +212,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
 
     evals, ckpts = set(run.eval_steps), set(run.checkpoint_steps)
     loss_acc = torch.zeros((), device=device)  # summed on the device: no host sync per step
-    window_start, window_steps, train_seconds = time.perf_counter(), 0, 0.0
+    window_start, window_steps, session_seconds = time.perf_counter(), 0, 0.0
     val_loss = math.nan
     model.train()
     for step in range(start, run.steps):
@@ -216,6 +236,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
         loss_sum, loss_count = loss_sum + loss_acc.item(), loss_count + window_steps  # .item() syncs the device
         elapsed = time.perf_counter() - window_start
         train_seconds += elapsed
+        session_seconds += elapsed
         loss_acc.zero_()
         values = {metrics.FLOPS: done * run.flops_per_step, metrics.TOKENS: done * run.tokens_per_step,
                   metrics.LR: lr}
@@ -226,6 +247,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
             values[metrics.TRAIN_LOSS] = train_loss
             values[metrics.TOKENS_PER_S] = window_steps * run.tokens_per_step / elapsed
             values[metrics.MFU] = window_steps * run.flops_per_step / elapsed / peak
+            values[metrics.TRAIN_SECONDS] = train_seconds
             loss_sum, loss_count = 0.0, 0
         if done in evals:
             model.eval()
@@ -236,7 +258,8 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
         sink(done, values)  # before the checkpoint: a crash in between re-reports this step, never loses it
         if done in ckpts and checkpoint_dir is not None:
             path = checkpoint.save(checkpoint_dir, done, model, optimizer,
-                                   {"loss_sum": loss_sum, "loss_count": loss_count, "config": cfg.to_dict()})
+                                   {"loss_sum": loss_sum, "loss_count": loss_count, "train_seconds": train_seconds,
+                                    "config": cfg.to_dict()})
             if on_checkpoint:
                 on_checkpoint(done, path)
         window_start, window_steps = time.perf_counter(), 0
@@ -247,4 +270,4 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
                                              autocast=autocast)
     return TrainResult(run.steps, run.total_flops, run.steps * run.tokens_per_step, val_loss,
                        diffusion.perplexity(val_loss), data.meta["unigram_ppl"], run.params, backend,
-                       start, train_seconds)
+                       start, session_seconds)

@@ -49,6 +49,10 @@ def main(argv=None) -> int:
         return 2
     print(f"\nsweep {spec.name!r} done in {outcome.seconds:.0f} s: {len(outcome.finished)} finished, "
           f"{len(outcome.failed)} failed, {len(outcome.interrupted)} interrupted")
+    if outcome.train_seconds:
+        print(f"time: {outcome.seconds:.0f} s wall for {outcome.train_seconds:.0f} s of training steps summed over "
+              f"trials (wall/train {outcome.seconds / outcome.train_seconds:.2f}; the rest is start-up, evaluation, "
+              f"checkpoints and waiting for a slot)")
     for name, error in outcome.failed.items():
         print(f"  FAILED {name}: {error}")
     print(f"MLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}\n"

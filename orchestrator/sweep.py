@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loopmdm_core import metrics
 from loopmdm_core.errors import ConfigError
 
 from . import spec as specs
@@ -32,7 +33,8 @@ class SweepOutcome:
     finished: list[str] = field(default_factory=list)  # trial names
     failed: dict[str, str] = field(default_factory=dict)  # trial name -> error
     interrupted: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the whole sweep invocation
+    train_seconds: float = 0.0  # sum over the trials of the time spent in training steps (perf/train_seconds)
 
     @property
     def ok(self) -> bool:
@@ -137,6 +139,7 @@ def _reconcile(client, exp_id: str, parent_id: str, trial_dicts: list[dict], out
     names = {t["run_id"]: t["name"] for t in trial_dicts if t["run_id"]}
     for run in tracking.child_runs(client, exp_id, parent_id):
         run_id, status = run.info.run_id, run.info.status
+        outcome.train_seconds += run.data.metrics.get(metrics.TRAIN_SECONDS, 0.0)
         name = names.get(run_id, run.info.run_name)
         if name in outcome.failed and status != "FAILED":
             tracking.end_run(client, run_id, "FAILED", outcome.failed[name])

@@ -24,7 +24,7 @@ def write_config(tmp_path, cfg) -> str:
 def test_dry_run_prints_the_plan():
     out = cli("train", "--dry-run", "--set", "model.n_loops=3")
     assert out.returncode == 0, out.stderr
-    assert "loop [1, 3) x 3 (6 applied)" in out.stdout and "steps" in out.stdout
+    assert "loop [1, 3) x 3 (8 applied)" in out.stdout and "steps" in out.stdout
 
 
 def test_user_errors_are_one_clean_message(tmp_path):
