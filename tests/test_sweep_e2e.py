@@ -1,12 +1,14 @@
 """Sweeps end to end through real Ray Tune and real MLflow on SQLite (no mocks), kill-and-resume included."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -88,6 +90,44 @@ def test_sweep_logs_runs_tags_and_metrics(tmp_path, tiny_corpus, cache_dir):
         assert {s for s, _ in h["val/loss"]} <= set(flops_steps)  # flops logged beside every loss
         assert {s for s, _ in h["train/loss"]} <= set(flops_steps)
         assert [s for s, _ in h["val/loss"]] == [round(steps / 2), steps]
+    check_report(tmp_path)
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    if os.environ.get("CI"):
+        pytest.fail("CI must install Debian's chromium (.ci/run) to check the HTML report renders")
+    pytest.skip("chromium is not installed")
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def check_report(cwd: Path):
+    """report.py on the sweep just run: its table, files, artifacts, and the HTML as Chromium renders it."""
+    out = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "report.py"), "--out", str(cwd / "report")],
+                         capture_output=True, text=True, cwd=cwd, timeout=300)
+    assert out.returncode == 0, out.stderr
+    table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0][2:] for row in table[1:]] == ["loop[1,2)x2", "same_size(3L)", "depth_matched(4L)"]
+    assert "runs used: 3 finished trials of 3" in out.stdout
+    page = cwd / "report" / "index.html"
+    for name in ("speedups.csv", "speedups.json", "loss_vs_flops.png", "speedup_bars.png", "loss_vs_loops.png"):
+        assert (cwd / "report" / name).stat().st_size > 500
+    browser = chromium()
+    profile = cwd / "chromium-profile"
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<tr>") == 4 and "loop[1,2)x2" in dom and dom.count("data:image/png;base64,") == 3
+    shot = cwd / "shot.png"
+    subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,1600",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    pixels = plt.imread(shot)[..., :3]
+    assert pixels.std() > 0.05 and (pixels.mean(axis=2) < 0.9).mean() > 0.02  # text, table and plots, not blank
 
 
 def test_killed_sweep_resumes_without_duplicates(tmp_path, tiny_corpus, cache_dir):

@@ -1,0 +1,36 @@
+"""Wall time of orchestrator/report.py on a store with many runs (default 200), written synthetically.
+
+python benchmarks/report_scale.py [--runs 200]
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.synthetic_sweep import make_sweep  # noqa: E402
+from orchestrator import report, tracking  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp())
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    tracking.check_store(uri)
+    per_copy = 2 * 2 * 3  # budgets x seeds x (same_size, loop, depth_matched)
+    start = time.perf_counter()
+    make_sweep(uri, "scale", copies=max(1, args.runs // per_copy), noise=0.005)
+    print(f"wrote {max(1, args.runs // per_copy) * per_copy} trial runs in {time.perf_counter() - start:.1f} s")
+    start = time.perf_counter()
+    code = report.main(["--tracking-uri", uri, "--experiment", "scale", "--out", str(folder / "report")])
+    print(f"report.py on {max(1, args.runs // per_copy) * per_copy} runs: {time.perf_counter() - start:.1f} s "
+          f"(exit {code})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""python orchestrator/report.py [--experiment NAME] [--tracking-uri URI] [--sweep-run ID] [--out DIR]
+
+Speedup tables and iso-FLOPs curves of a sweep, built only from what MLflow holds: a markdown table on stdout,
+the same as CSV and JSON, PNG figures and a self-contained HTML dashboard, all also logged as artifacts of the
+sweep's parent run (folder `report/`). Default: the latest sweep in the default store.
+"""
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script from a checkout: make `orchestrator` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loopmdm_core.errors import LoopMDMError  # noqa: E402
+from orchestrator import tracking  # noqa: E402
+from orchestrator.comparison import Comparison, compare  # noqa: E402
+from orchestrator.sweep_data import SweepData, load  # noqa: E402
+
+LOSS_NAME = "validation negative ELBO (val/loss, nats/token; lower is better)"
+HEADERS = ["variant", "loop", "loops", "params", "FLOPs/token", "budget", "final val loss",
+           "speedup vs same-size", "speedup vs depth-matched"]
+
+
+def table_rows(comparison: Comparison) -> list[list[str]]:
+    return [[r.label, r.loop, str(r.n_loops), f"{r.params:,}", f"{r.flops_per_token:.3g}", f"{r.budget:.3g}",
+             r.final_loss.fmt(4), r.vs_same_size.fmt() if r.vs_same_size else "-",
+             r.vs_depth_matched.fmt() if r.vs_depth_matched else "-"] for r in comparison.rows]
+
+
+def markdown(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def provenance(data: SweepData, comparison: Comparison) -> list[str]:
+    """What the numbers rest on: the sweep, the runs used, the runs left out and why, the loss compared."""
+    lines = [f"sweep: experiment {data.experiment!r}, parent run {data.parent_run_id} ({data.tracking_uri})",
+             f"runs used: {comparison.trials_used} finished trials of {len(data.trials)}",
+             f"loss compared: {LOSS_NAME}; intervals: bootstrap 95% over seeds"]
+    if data.parent_status == "RUNNING":
+        lines.append("the sweep is still running: this report covers the trials finished so far")
+    for t in data.not_finished:
+        why = f": {t.error.splitlines()[-1]}" if t.error else ""
+        lines.append(f"left out: {t.name} ({t.status}{why})")
+    return lines
+
+
+def iso_lines(comparison: Comparison) -> list[str]:
+    out = []
+    for row in comparison.iso_rows:
+        out.append(f"{row['label']} over budgets {', '.join(f'{b:.3g}' for b in row['budgets'])} (finished "
+                   f"schedules): vs same-size {row['vs_same_size'].fmt()}; vs depth-matched "
+                   f"{row['vs_depth_matched'].fmt()}")
+    return out
+
+
+def extrapolation_lines(comparison: Comparison) -> list[str]:
+    fmt = lambda v: "not reached" if v is None else f"{v:.2f}x"
+    return [f"EXTRAPOLATION (power-law fit, not measured): {e['label']} vs {e['baseline']}: "
+            f"{fmt(e['speedup_at_10x'])} at 10x the largest budget, {fmt(e['speedup_at_100x'])} at 100x"
+            for e in comparison.extrapolations]
+
+
+def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Path]:
+    from dashboards import figures, html
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table_rows(comparison)
+    info = provenance(data, comparison)
+    files = []
+    md = out / "speedups.md"
+    md.write_text("\n".join(f"- {line}" for line in info) + "\n\n" + markdown(HEADERS, rows) + "\n")
+    with open(out / "speedups.csv", "w", newline="") as f:
+        csv.writer(f).writerows([HEADERS] + rows)
+    (out / "speedups.json").write_text(json.dumps(
+        {"experiment": data.experiment, "parent_run_id": data.parent_run_id, "loss": LOSS_NAME,
+         "provenance": info, "rows": [r.as_dict() for r in comparison.rows],
+         "iso_flops": [{"label": r["label"], "budgets": r["budgets"], "vs_same_size": r["vs_same_size"].as_dict(),
+                        "vs_depth_matched": r["vs_depth_matched"].as_dict()} for r in comparison.iso_rows],
+         "extrapolations": comparison.extrapolations}, indent=2))
+    files += [md, out / "speedups.csv", out / "speedups.json"]
+    pngs = [figures.loss_vs_flops(data, out / "loss_vs_flops.png"),
+            figures.speedup_bars(comparison, out / "speedup_bars.png"),
+            figures.loss_vs_loops(comparison, out / "loss_vs_loops.png")]
+    files += pngs
+    notes = "".join(f"<p class='note'>{html.html.escape(line)}</p>" for line in info)
+    sections = [("Provenance", notes), ("Speedups", html.table(HEADERS, rows, "speedups"))]
+    if comparison.iso_rows:
+        sections.append(("Iso-FLOPs (finished schedules)", "".join(f"<p>{html.html.escape(x)}</p>"
+                                                                    for x in iso_lines(comparison))))
+    if comparison.extrapolations:
+        sections.append(("Extrapolations", "".join(f"<p class='warn'>{html.html.escape(x)}</p>"
+                                                   for x in extrapolation_lines(comparison))))
+    sections.append(("Figures", "".join(html.image(p, p.stem.replace("_", " ")) for p in pngs)))
+    page = out / "index.html"
+    page.write_text(html.page(f"LoopMDM report: {data.experiment}", sections))
+    files.append(page)
+    return files
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", help="MLflow experiment (= the sweep's name); default: the latest sweep")
+    parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, then sqlite:///mlflow.db here")
+    parser.add_argument("--sweep-run", help="the sweep's parent run id (default: the latest in the experiment)")
+    parser.add_argument("--out", help="output folder (default: reports/<experiment>-<parent run id>)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the outputs to the parent run")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    try:
+        uri = tracking.resolve_uri(args.tracking_uri)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            raise tracking.TrackingError(f"no tracking database at {uri}; run a sweep first or pass --tracking-uri")
+        data = load(uri, args.experiment, args.sweep_run)
+        comparison = compare(data)
+        if not comparison.rows:
+            raise tracking.TrackingError(f"sweep {data.parent_run_id} of {data.experiment!r} has no finished trial "
+                                         f"with a validation loss yet ({len(data.trials)} trials in all)")
+        out = Path(args.out or Path("reports") / f"{data.experiment}-{data.parent_run_id[:8]}").resolve()
+        files = write_outputs(data, comparison, out)
+        if not args.no_log:
+            client = tracking.check_store(uri)
+            for f in files:
+                client.log_artifact(data.parent_run_id, str(f), "report")
+    except LoopMDMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(provenance(data, comparison)) + "\n")
+    print(markdown(HEADERS, table_rows(comparison)))
+    for line in iso_lines(comparison) + extrapolation_lines(comparison):
+        print("\n" + line)
+    print(f"\nreport: {out / 'index.html'} (and .md/.csv/.json/.png beside it"
+          f"{'' if args.no_log else ', logged to the parent run under report/'}); {time.monotonic() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

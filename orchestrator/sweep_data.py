@@ -1,0 +1,101 @@
+"""Read a finished (or running) sweep back from MLflow: its parent run, its trial runs, their full histories.
+
+`search_runs` returns only each metric's last value, so the curves come from `get_metric_history`; `val/loss`
+is paired with `flops` logged at the same step.
+"""
+
+from dataclasses import dataclass, field
+
+from mlflow.tracking import MlflowClient
+
+from loopmdm_core import metrics
+
+from . import tracking
+
+
+@dataclass
+class TrialRecord:
+    run_id: str
+    name: str
+    status: str
+    tags: dict
+    params: dict
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (cumulative FLOPs, val/loss), by step
+    error: str = ""
+
+    @property
+    def variant(self) -> str:
+        return self.tags.get("loopmdm.variant", "")
+
+    @property
+    def label(self) -> str:
+        return self.tags.get("loopmdm.label", self.name)
+
+    @property
+    def seed(self) -> int:
+        return int(self.tags.get("loopmdm.seed", 0))
+
+    @property
+    def budget(self) -> float:
+        return float(self.tags.get("loopmdm.budget_flops", 0))
+
+    def param(self, key: str, cast=int):
+        return cast(float(self.params[key])) if key in self.params else None
+
+
+@dataclass
+class SweepData:
+    experiment: str
+    parent_run_id: str
+    parent_status: str
+    tracking_uri: str
+    trials: list[TrialRecord]
+
+    @property
+    def finished(self) -> list[TrialRecord]:
+        return [t for t in self.trials if t.status == "FINISHED" and t.curve]
+
+    @property
+    def not_finished(self) -> list[TrialRecord]:
+        return [t for t in self.trials if t not in self.finished]
+
+
+def _latest_sweep(client: MlflowClient, experiment: str | None):
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = ", ".join(e.name for e in client.search_experiments(max_results=20)) or "none"
+            raise tracking.TrackingError(f"no experiment {experiment!r} in the tracking store (experiments: {names})")
+        exp_ids = [exp.experiment_id]
+    else:
+        exp_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exp_ids, filter_string="tags.`loopmdm.role` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if exp_ids else []
+    if not runs:
+        raise tracking.TrackingError("no sweep in the tracking store" + (f" under {experiment!r}" if experiment else "")
+                                     + "; run orchestrator/run_sweep.py first, or pass --tracking-uri")
+    return runs[0]
+
+
+def load(tracking_uri: str, experiment: str | None = None, sweep_run: str | None = None) -> SweepData:
+    client = tracking.check_store(tracking_uri)
+    if sweep_run:
+        try:
+            parent = client.get_run(sweep_run)
+        except Exception:
+            raise tracking.TrackingError(f"no run {sweep_run!r} in {tracking_uri}") from None
+        if parent.data.tags.get("loopmdm.role") != "sweep":
+            raise tracking.TrackingError(f"run {sweep_run} is not a sweep's parent run (tag loopmdm.role=sweep)")
+    else:
+        parent = _latest_sweep(client, experiment)
+    exp_name = client.get_experiment(parent.info.experiment_id).name
+    trials = []
+    for run in tracking.child_runs(client, parent.info.experiment_id, parent.info.run_id):
+        record = TrialRecord(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.tags),
+                             dict(run.data.params), error=run.data.tags.get(tracking.ERROR_TAG, ""))
+        if metrics.VAL_LOSS in run.data.metrics:
+            losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metrics.VAL_LOSS)}
+            flops = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metrics.FLOPS)}
+            record.curve = [(flops[s], losses[s]) for s in sorted(losses) if s in flops]
+        trials.append(record)
+    return SweepData(exp_name, parent.info.run_id, parent.info.status, tracking_uri, trials)

@@ -1,0 +1,97 @@
+"""report.py on stores with known answers (synthetic sweeps in real MLflow/SQLite), and its error paths."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from benchmarks.synthetic_sweep import make_sweep
+from orchestrator import report, tracking
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.check_store(uri)
+    return uri
+
+
+def rows_by_label(out: Path) -> dict:
+    data = json.loads((out / "speedups.json").read_text())
+    return {(r["label"], r["budget_flops"]): r for r in data["rows"]}, data
+
+
+def test_known_speedups_are_reported(store, tmp_path, capsys):
+    parent = make_sweep(store, "known", loops=((2, 3.0), (3, 0.5)), depth_factor=1.5, extra_failed=1)
+    out = tmp_path / "report"
+    assert report.main(["--tracking-uri", store, "--experiment", "known", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows, data = rows_by_label(out)
+    fast = rows[("loop[1,3)x2", 1e12)]
+    assert fast["speedup_vs_same_size"]["mean"] == pytest.approx(3.0, rel=1e-6)
+    assert fast["speedup_vs_same_size"]["seeds"] == 2 and fast["speedup_vs_same_size"]["not_reached"] == 0
+    assert fast["speedup_vs_depth_matched"]["mean"] == pytest.approx(2.0, rel=1e-6)  # 3.0 / 1.5
+    slow = rows[("loop[1,3)x3", 3e12)]
+    assert slow["speedup_vs_same_size"]["mean"] is None and slow["speedup_vs_same_size"]["not_reached"] == 2
+    assert "| loop[1,3)x2 | [1,3) | 2 |" in printed and "3.00x [3.00, 3.00]" in printed
+    assert "not reached (2/2 seeds)" in printed
+    # Honesty: the sweep, the runs used and the one left out with its reason.
+    assert f"parent run {parent}" in printed and "runs used: 20 finished trials of 21" in printed
+    assert "left out: loop[1,3)x9-b1e+12-s99 (FAILED: RuntimeError: synthetic failure)" in printed
+    assert "validation negative ELBO" in printed
+    # Two budgets: the iso-FLOPs (finished schedules) speedup is reported too.
+    iso = {r["label"]: r for r in data["iso_flops"]}
+    assert iso["loop[1,3)x2"]["vs_same_size"]["mean"] == pytest.approx(3.0, rel=1e-6)
+    for name in ("speedups.md", "speedups.csv", "speedups.json", "loss_vs_flops.png", "speedup_bars.png",
+                 "loss_vs_loops.png", "index.html"):
+        assert (out / name).stat().st_size > 500, name
+    logged = [a.path for a in MlflowClient(store).list_artifacts(parent, "report")]
+    assert "report/index.html" in logged and "report/speedups.csv" in logged
+
+
+def test_single_seed_and_single_budget(store, tmp_path):
+    make_sweep(store, "one", budgets=(2e12,), seeds=(0,), loops=((2, 2.0),))
+    out = tmp_path / "r"
+    assert report.main(["--tracking-uri", store, "--out", str(out), "--no-log"]) == 0
+    rows, data = rows_by_label(out)
+    s = rows[("loop[1,3)x2", 2e12)]["speedup_vs_same_size"]
+    assert s["mean"] == pytest.approx(2.0) and s["low"] == s["high"] == s["mean"] and s["seeds"] == 1
+    assert data["iso_flops"] == []  # one budget: no curve across budgets
+    assert "(1 seed)" in (out / "speedups.md").read_text()
+
+
+def run_report(*args, cwd):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    return subprocess.run([sys.executable, str(ROOT / "orchestrator" / "report.py"), *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_bad_input_is_one_clear_message(store, tmp_path):
+    make_sweep(store, "exists", budgets=(1e12,), seeds=(0,))
+    cases = [
+        (["--tracking-uri", store, "--experiment", "nope"], "no experiment 'nope'"),
+        (["--tracking-uri", f"sqlite:///{tmp_path / 'missing.db'}"], "no tracking database"),
+        (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+        (["--tracking-uri", store, "--sweep-run", "0" * 32], "no run"),
+    ]
+    client = MlflowClient(store)
+    empty = client.create_experiment("empty")
+    client.create_run(empty, tags={"loopmdm.role": "sweep"})
+    cases.append((["--tracking-uri", store, "--experiment", "empty"], "has no finished trial"))
+    for args, message in cases:
+        out = run_report(*args, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+def test_running_sweep_is_reported_as_such(store, tmp_path, capsys):
+    parent = make_sweep(store, "live", budgets=(1e12,), seeds=(0,))
+    MlflowClient(store).update_run(parent, "RUNNING")
+    assert report.main(["--tracking-uri", store, "--out", str(tmp_path / "r"), "--no-log"]) == 0
+    assert "still running" in capsys.readouterr().out
