@@ -117,7 +117,7 @@ def check_report(cwd: Path):
     assert "runs used: 3 finished trials of 3" in out.stdout
     page = cwd / "report" / "index.html"
     for name in ("speedups.csv", "speedups.json", "loss_vs_flops.png", "speedup_bars.png", "loss_vs_loops.png"):
-        assert (cwd / "report" / name).stat().st_size > 500
+        assert (cwd / "report" / name).stat().st_size > 200
     browser = chromium()
     profile = cwd / "chromium-profile"
     dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
