@@ -9,14 +9,18 @@ ceiling measured in the same run. Runs on CUDA (bf16 autocast) or the CPU (fp32)
 import argparse
 import contextlib
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from loopmdm_core import diffusion, flops
-from loopmdm_core.model import LoopMDM, ModelConfig
-from loopmdm_core.config import RunConfig
-from loopmdm_core.train import autocast_for, build_optimizer, measured_peak, step_generator
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without an install
+
+from loopmdm_core import diffusion, flops  # noqa: E402
+from loopmdm_core.config import RunConfig  # noqa: E402
+from loopmdm_core.model import LoopMDM, ModelConfig  # noqa: E402
+from loopmdm_core.train import autocast_for, build_optimizer, measured_peak, step_generator  # noqa: E402
 
 
 def main():
