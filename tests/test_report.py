@@ -95,3 +95,36 @@ def test_running_sweep_is_reported_as_such(store, tmp_path, capsys):
     MlflowClient(store).update_run(parent, "RUNNING")
     assert report.main(["--tracking-uri", store, "--out", str(tmp_path / "r"), "--no-log"]) == 0
     assert "still running" in capsys.readouterr().out
+
+
+def test_report_through_a_tracking_server(tmp_path):
+    """The same report from an `mlflow server` (HTTP, artifacts proxied), as on a shared cluster."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        parent = make_sweep(uri, "remote", budgets=(1e12,), seeds=(0, 1), loops=((2, 3.0),))
+        out = run_report("--tracking-uri", uri, "--out", str(tmp_path / "r"), cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "3.00x [3.00, 3.00]" in out.stdout
+        assert "report/index.html" in [a.path for a in MlflowClient(uri).list_artifacts(parent, "report")]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
