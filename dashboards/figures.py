@@ -17,6 +17,13 @@ COLORS = {"loop": "tab:blue", "same_size": "tab:gray", "depth_matched": "tab:ora
 STYLES = ["-", "--", ":", "-."]
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def loss_vs_flops(data: SweepData, path: Path) -> Path:
     """One panel per budget: each variant's seed-mean envelope, with a band from the best to the worst seed."""
     budgets = sorted({t.budget for t in data.finished})
@@ -42,10 +49,7 @@ def loss_vs_flops(data: SweepData, path: Path) -> Path:
                title=f"budget {budget:.3g} FLOPs")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def speedup_bars(comparison: Comparison, path: Path) -> Path:
@@ -69,10 +73,7 @@ def speedup_bars(comparison: Comparison, path: Path) -> Path:
     ax.set_xticks(range(len(rows)), [f"{r.label}\n{r.budget:.2g}" for r in rows], fontsize=8)
     ax.set(ylabel="speedup (x fewer FLOPs to the baseline's final loss)", title="LoopMDM speedup (missing bar: not reached)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def loss_vs_loops(comparison: Comparison, path: Path) -> Path:
@@ -94,7 +95,4 @@ def loss_vs_loops(comparison: Comparison, path: Path) -> Path:
            title="final loss vs loops, at equal training FLOPs")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -258,7 +258,18 @@ def parse(data: dict, source: str = "") -> SweepSpec:
                             f"same_size baseline: list it under baselines)")
     if problems:
         raise ConfigError(problems)
-    return dataclasses.replace(spec, base=base, loops=tuple(c for c, _ in loops), search=search, source=source)
+    return dataclasses.replace(spec, base=_absolute_paths(base), loops=tuple(c for c, _ in loops), search=search,
+                               source=source)
+
+
+def _absolute_paths(base: RunConfig) -> RunConfig:
+    """Local paths of the base resolved against the driver's working directory: Ray runs trials elsewhere."""
+    data = base.data
+    if ":" not in data.corpus.split("/")[0]:  # not builtin:... or hf:...
+        data = dataclasses.replace(data, corpus=str(Path(data.corpus).expanduser().resolve()))
+    if data.cache_dir:
+        data = dataclasses.replace(data, cache_dir=str(Path(data.cache_dir).expanduser().resolve()))
+    return dataclasses.replace(base, data=data)
 
 
 def load(path: str | Path) -> SweepSpec:

@@ -121,3 +121,11 @@ def test_dry_run_prints_the_table_and_starts_nothing(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 2 and "loop_end 3 > base.model.n_layers=2" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+def test_local_paths_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = sweep(base={**BASE, "data": {"corpus": "corpus/my.jsonl", "cache_dir": "cache"}})
+    assert spec.base.data.corpus == str(tmp_path / "corpus" / "my.jsonl")
+    assert spec.base.data.cache_dir == str(tmp_path / "cache")
+    assert sweep().base.data.corpus == "builtin:shakespeare"
