@@ -107,7 +107,8 @@ def cmd_train(args) -> int:
     finally:
         bar.close()
     trained = (result.steps - result.resumed_from) * run.tokens_per_step
-    print(f"done: {result.steps:,} steps, {result.flops:.3g} FLOPs, {result.tokens:,} tokens; this session trained "
+    print(f"done: {result.steps:,} steps, {result.flops:.3g} FLOPs, {result.tokens:,} tokens, attention "
+          f"{result.attention_backend}; this session trained "
           f"{trained:,} tokens in {result.train_seconds:.0f} s ({trained / max(result.train_seconds, 1e-9):,.0f} tokens/s)")
     print(f"validation: {result.val_loss:.4f} nats/token (ELBO bound), perplexity {result.val_ppl:.1f}; "
           f"unigram reference perplexity {result.unigram_ppl:.1f} ({result.unigram_ppl / result.val_ppl:.2f}x better)")

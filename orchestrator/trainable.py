@@ -87,6 +87,7 @@ def run_trial(space: dict):
         raise
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    logger.client.set_tag(run_id, "loopmdm.attention_backend", result.attention_backend)
     logger.finish("FINISHED")
     if result.resumed_from == result.steps:  # nothing left to train: still hand Tune a final result
         tune.report({tune_metric(metrics.VAL_LOSS): result.val_loss, "step": result.steps})
