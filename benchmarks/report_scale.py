@@ -23,13 +23,13 @@ def main():
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     tracking.check_store(uri)
     per_copy = 2 * 2 * 3  # budgets x seeds x (same_size, loop, depth_matched)
+    copies = -(-args.runs // per_copy)  # at least --runs
     start = time.perf_counter()
-    make_sweep(uri, "scale", copies=max(1, args.runs // per_copy), noise=0.005)
-    print(f"wrote {max(1, args.runs // per_copy) * per_copy} trial runs in {time.perf_counter() - start:.1f} s")
+    make_sweep(uri, "scale", copies=copies, noise=0.005)
+    print(f"wrote {copies * per_copy} trial runs in {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
     code = report.main(["--tracking-uri", uri, "--experiment", "scale", "--out", str(folder / "report")])
-    print(f"report.py on {max(1, args.runs // per_copy) * per_copy} runs: {time.perf_counter() - start:.1f} s "
-          f"(exit {code})")
+    print(f"report.py on {copies * per_copy} runs: {time.perf_counter() - start:.1f} s (exit {code})")
 
 
 if __name__ == "__main__":

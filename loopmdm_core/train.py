@@ -210,6 +210,13 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     log.info("run: %d params, %d steps x %.3g FLOPs, attention %s, device %s",
              run.params, run.steps, run.flops_per_step, backend, device)
 
+    def evaluate() -> float:
+        model.eval()
+        loss = diffusion.validation_elbo(model, val_batches, data.mask_id, cfg.eval.n_t, cfg.eval.seed,
+                                         autocast=autocast)
+        model.train()
+        return loss
+
     evals, ckpts = set(run.eval_steps), set(run.checkpoint_steps)
     loss_acc = torch.zeros((), device=device)  # summed on the device: no host sync per step
     window_start, window_steps, session_seconds = time.perf_counter(), 0, 0.0
@@ -250,10 +257,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
             values[metrics.TRAIN_SECONDS] = train_seconds
             loss_sum, loss_count = 0.0, 0
         if done in evals:
-            model.eval()
-            val_loss = diffusion.validation_elbo(model, val_batches, data.mask_id, cfg.eval.n_t, cfg.eval.seed,
-                                                 autocast=autocast)
-            model.train()
+            val_loss = evaluate()
             values[metrics.VAL_LOSS], values[metrics.VAL_PPL] = val_loss, diffusion.perplexity(val_loss)
         sink(done, values)  # before the checkpoint: a crash in between re-reports this step, never loses it
         if done in ckpts and checkpoint_dir is not None:
@@ -265,9 +269,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
         window_start, window_steps = time.perf_counter(), 0
 
     if math.isnan(val_loss):  # resumed from the final checkpoint: nothing trained, score the weights
-        model.eval()
-        val_loss = diffusion.validation_elbo(model, val_batches, data.mask_id, cfg.eval.n_t, cfg.eval.seed,
-                                             autocast=autocast)
+        val_loss = evaluate()
     return TrainResult(run.steps, run.total_flops, run.steps * run.tokens_per_step, val_loss,
                        diffusion.perplexity(val_loss), data.meta["unigram_ppl"], run.params, backend,
                        start, session_seconds)

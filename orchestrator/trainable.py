@@ -6,6 +6,7 @@ sweep's storage path; on a retry or a resumed sweep the trial starts from the ne
 """
 
 import json
+import logging
 import shutil
 import tempfile
 import traceback
@@ -43,7 +44,8 @@ def run_trial(space: dict):
     """The Ray Tune function trainable. `space["trial"]` is what the driver prepared (orchestrator.sweep);
     `space["search"]`, when present, holds values an Optuna searcher sampled (dotted config keys)."""
     trial = space["trial"]
-    torch.set_num_threads(max(1, int(trial["cpus"])))
+    torch.set_num_threads(max(1, int(trial["cpus"])))  # one thread per CPU Ray gave the trial: no oversubscription
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one INFO line per checkpoint in the driver
     config, run_id = trial["config"], trial.get("run_id")
     searched = space.get("search") or {}
     client = tracking.check_store(trial["tracking_uri"])
