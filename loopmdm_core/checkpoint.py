@@ -145,3 +145,17 @@ def restore(ckpt: Checkpoint, model, optimizer=None):
             optimizer.load_state_dict({"state": state, "param_groups": ckpt.state["param_groups"]})
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"{ckpt.path}: cannot load: {e}") from None
+
+
+def load_model(root: str | Path, device="cpu"):
+    """The model of the newest intact checkpoint under `root` (a run's checkpoints folder), for inference.
+    Returns (model in eval mode, the run's config as a dict)."""
+    from .config import load_run_config
+    from .model import LoopMDM
+    ckpt = latest(root)
+    if ckpt is None:
+        raise CheckpointError(f"{root}: no checkpoint here")
+    cfg = load_run_config(ckpt.state["config"])
+    model = LoopMDM(cfg.model)
+    restore(ckpt, model)
+    return model.to(device).eval(), ckpt.state["config"]

@@ -205,6 +205,31 @@ class LoopMDM(nn.Module):
             x = self.layers[i](x, cos, sin)
         return self.norm(x)
 
+    @torch.no_grad()
+    def forward_until_converged(self, idx: torch.Tensor, tol: float, min_loops: int, max_loops: int):
+        """Run the looped block until its output changes by less than `tol` (relative L2 norm, worst row) from
+        one iteration to the next, at least `min_loops` and at most `max_loops` times (inference only).
+        Returns (hidden states, loops run)."""
+        if not 1 <= min_loops <= max_loops:
+            raise ValueError(f"need 1 <= min_loops <= max_loops, got {min_loops}, {max_loops}")
+        cfg = self.cfg
+        cos, sin = self._rope_for(idx.shape[1], idx.device)
+        x = self.embed(idx)
+        for i in range(cfg.loop_start):
+            x = self.layers[i](x, cos, sin)
+        loops = 0
+        while loops < max_loops:
+            before = x
+            for i in range(cfg.loop_start, cfg.loop_end):
+                x = self.layers[i](x, cos, sin)
+            loops += 1
+            change = (x - before).flatten(1).norm(dim=1) / before.flatten(1).norm(dim=1).clamp_min(1e-12)
+            if loops >= min_loops and change.max().item() < tol:
+                break
+        for i in range(cfg.loop_end, cfg.n_layers):
+            x = self.layers[i](x, cos, sin)
+        return self.norm(x), loops
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # Kept apart from forward so the loss can apply the head to masked positions only.
         return self.head(hidden)

@@ -1,0 +1,92 @@
+"""Loop schedules for sampling: how many times the looped block runs at each sampling step.
+
+A schedule is called once per network call with the step index, the number of steps and the confidence of the
+previous call (mean over still-masked positions of the highest token probability; None before the first call).
+It returns a loop count, or a `Converge` request: loop until the looped block's output stops changing.
+Written as strings in configs and on the command line: fixed:K, ramp:FIRST:LAST, table:K1,K2,...,
+confidence:LOW:HIGH:THRESHOLD, convergence:TOL:MIN:MAX.
+"""
+
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Converge:
+    tol: float
+    min_loops: int
+    max_loops: int
+
+
+@dataclass(frozen=True)
+class Fixed:
+    k: int
+
+    def __call__(self, step: int, n_steps: int, confidence: float | None) -> int:
+        return self.k
+
+
+@dataclass(frozen=True)
+class ByStep:
+    """A table of loop counts over the sampling steps, stretched to however many steps the sampler takes
+    (`ramp:FIRST:LAST` is the linear table from FIRST to LAST)."""
+    table: tuple[int, ...]
+
+    def __call__(self, step: int, n_steps: int, confidence: float | None) -> int:
+        return self.table[min(len(self.table) - 1, step * len(self.table) // max(1, n_steps))]
+
+
+@dataclass(frozen=True)
+class ByConfidence:
+    """HIGH loops while the model is unsure (previous call's mean max-probability below THRESHOLD), else LOW."""
+    low: int
+    high: int
+    threshold: float
+
+    def __call__(self, step: int, n_steps: int, confidence: float | None) -> int:
+        return self.high if confidence is None or confidence < self.threshold else self.low
+
+
+@dataclass(frozen=True)
+class ByConvergence:
+    tol: float
+    min_loops: int
+    max_loops: int
+
+    def __call__(self, step: int, n_steps: int, confidence: float | None) -> Converge:
+        return Converge(self.tol, self.min_loops, self.max_loops)
+
+
+def parse(spec: str):
+    """A schedule from its string form; ConfigError naming the accepted forms otherwise."""
+    kind, _, rest = spec.partition(":")
+    args = rest.split(":") if rest else []
+    try:
+        if kind == "fixed" and len(args) == 1:
+            schedule = Fixed(int(args[0]))
+            counts = [schedule.k]
+        elif kind == "ramp" and len(args) == 2:
+            first, last = int(args[0]), int(args[1])
+            step = 1 if last >= first else -1
+            schedule = ByStep(tuple(range(first, last + step, step)))
+            counts = list(schedule.table)
+        elif kind == "table" and len(args) == 1:
+            schedule = ByStep(tuple(int(k) for k in args[0].split(",")))
+            counts = list(schedule.table)
+        elif kind == "confidence" and len(args) == 3:
+            schedule = ByConfidence(int(args[0]), int(args[1]), float(args[2]))
+            counts = [schedule.low, schedule.high]
+        elif kind == "convergence" and len(args) == 3:
+            schedule = ByConvergence(float(args[0]), int(args[1]), int(args[2]))
+            counts = [schedule.min_loops, schedule.max_loops]
+            if schedule.min_loops > schedule.max_loops:
+                raise ValueError
+        else:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"loop schedule {spec!r}: expected fixed:K, ramp:FIRST:LAST, table:K1,K2,..., "
+                          f"confidence:LOW:HIGH:THRESHOLD or convergence:TOL:MIN:MAX") from None
+    if min(counts) < 1:
+        raise ConfigError(f"loop schedule {spec!r}: loop counts must be >= 1")
+    return schedule
