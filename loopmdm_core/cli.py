@@ -1,4 +1,5 @@
-"""Single-run CLI: `python -m loopmdm_core train --config run.yaml [--set model.n_loops=3 ...]`.
+"""Single-run CLI: `python -m loopmdm_core train --config run.yaml [--set model.n_loops=3 ...]`, then
+`python -m loopmdm_core sample RUN` (generate) and `python -m loopmdm_core loops RUN` (inference loop scaling).
 
 No Ray and no MLflow: metrics go to <out>/metrics.jsonl, checkpoints to <out>/checkpoints, and running the
 same command again with the same --out resumes. User errors print one line and exit 2, without a traceback.
@@ -29,6 +30,23 @@ def _parser() -> argparse.ArgumentParser:
                                  "(default: runs/<UTC time>)")
     t.add_argument("--dry-run", action="store_true", help="print the plan (params, FLOPs, steps) and stop")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    g = sub.add_parser("sample", help="generate text from a trained run")
+    g.add_argument("run", help="a run folder of `train` (its checkpoints/ are read)")
+    g.add_argument("--prompt", default="", help="text the samples start with (never masked)")
+    g.add_argument("--length", type=int, help="tokens per sample, prompt included (default: the run's seq_len)")
+    g.add_argument("-n", "--num-samples", type=int, default=2)
+    g.add_argument("--steps", type=int, default=64, help="denoising steps")
+    g.add_argument("--method", choices=("ancestral", "confidence"), default="ancestral")
+    g.add_argument("--block-size", type=int, help="semi-autoregressive blocks of this many tokens")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--schedule", help="loops per step: fixed:K, ramp:A:B, table:..., confidence:LOW:HIGH:THR, "
+                                      "convergence:TOL:MIN:MAX (default: the trained n_loops)")
+    g.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("loops", help="validation loss of a trained run at each inference loop count")
+    s.add_argument("run", help="a run folder of `train`")
+    s.add_argument("--max-loops", type=int, help="score n_loops = 1..MAX (default: 2x the trained count)")
     return parser
 
 
@@ -116,11 +134,54 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _load_run(folder: str):
+    """A trained run's model (newest checkpoint), config and token data (for the tokenizer and validation)."""
+    from .checkpoint import load_model
+    from .data import load_token_data
+    model, config = load_model(Path(folder) / "checkpoints")
+    cfg = load_run_config(config)
+    return model, cfg, load_token_data(cfg.data)
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from . import schedules
+    from .sample import sample
+    model, cfg, data = _load_run(args.run)
+    tok = data.tokenizer
+    prompt = torch.tensor(tok.encode_batch([args.prompt])[0], dtype=torch.long) if args.prompt else None
+    length = args.length or cfg.data.seq_len
+    if prompt is not None and len(prompt) >= length:
+        raise LoopMDMError(f"--prompt is {len(prompt)} tokens, not shorter than --length {length}")
+    result = sample(model, batch_size=args.num_samples, length=length, mask_id=data.mask_id, n_tokens=data.mask_id,
+                    n_steps=args.steps, method=args.method, prompt=prompt, block_size=args.block_size,
+                    temperature=args.temperature, schedule=schedules.parse(args.schedule) if args.schedule else None,
+                    seed=args.seed)
+    for i, row in enumerate(result.tokens.tolist()):
+        print(f"--- sample {i}\n{tok.decode(row)}")
+    print(f"--- {result.calls} network calls, loops per call {result.loops}, {result.flops:.3g} forward FLOPs")
+    return 0
+
+
+def cmd_loops(args) -> int:
+    from .evaluate import loop_scaling
+    model, cfg, data = _load_run(args.run)
+    batches = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)
+    top = args.max_loops or 2 * cfg.model.n_loops
+    print(f"{'n_loops':>7}  {'val loss':>9}  {'val ppl':>8}  {'fwd FLOPs/token':>15}")
+    for row in loop_scaling(model, batches, data.mask_id, range(1, top + 1), cfg.eval.n_t, cfg.eval.seed):
+        mark = "  (trained)" if row["n_loops"] == cfg.model.n_loops else ""
+        print(f"{row['n_loops']:>7}  {row['val_loss']:>9.4f}  {row['val_ppl']:>8.1f}  "
+              f"{row['forward_flops_per_token']:>15.3g}{mark}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return cmd_train(args)
+        return {"train": cmd_train, "sample": cmd_sample, "loops": cmd_loops}[args.command](args)
     except LoopMDMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

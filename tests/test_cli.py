@@ -53,3 +53,20 @@ def test_train_then_resume_finished_run(tiny_config, tmp_path):
     assert again.returncode == 0 and "resuming from step" in again.stdout
     assert (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() == \
         [json.dumps(x) for x in lines]  # nothing logged twice
+
+
+def test_sample_and_loops_on_a_trained_run(tiny_config, tmp_path):
+    config = write_config(tmp_path, tiny_config(train={"budget_flops": 1.5e9}))
+    assert cli("train", "--config", config, "--out", str(tmp_path / "run"), "-q").returncode == 0
+    out = cli("sample", str(tmp_path / "run"), "--prompt", "the king", "--steps", "8", "-n", "2",
+              "--schedule", "ramp:3:1", "--length", "16")
+    assert out.returncode == 0, out.stderr
+    samples = out.stdout.split("--- sample ")[1:]
+    assert len(samples) == 2 and all(s.split("\n", 1)[1].startswith("the king") for s in samples)
+    assert "network calls, loops per call [3," in out.stdout
+    out = cli("loops", str(tmp_path / "run"), "--max-loops", "3")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["1", "2", "3"] and rows[1][-1] == "(trained)"
+    bad = cli("sample", str(tmp_path / "nowhere"))
+    assert bad.returncode == 2 and "no checkpoint here" in bad.stderr and "Traceback" not in bad.stderr
