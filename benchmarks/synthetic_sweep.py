@@ -13,7 +13,7 @@ def power(flops, A=60.0, alpha=0.25):
 
 
 def make_sweep(uri: str, name: str, budgets=(1e12, 3e12), seeds=(0, 1), loops=((2, 3.0),), depth_factor=1.5,
-               noise=0.0, extra_failed: int = 0, copies: int = 1) -> str:
+               noise=0.0, extra_failed: int = 0, copies: int = 1, inference: bool = False) -> str:
     """Write a parent run and its trials; `loops` holds (n_loops, speedup over same-size) pairs. Returns the
     parent run id. `copies` multiplies the trials (distinct seeds) to build large stores."""
     client = MlflowClient(uri)
@@ -38,6 +38,10 @@ def make_sweep(uri: str, name: str, budgets=(1e12, 3e12), seeds=(0, 1), loops=((
         loss = power(flops * shift) * (1 + noise * rng.standard_normal(STEPS))
         batch = [Metric(k, float(v), 0, step) for step, (c, l) in enumerate(zip(flops, loss), 1)
                  for k, v in (("flops", c), ("val/loss", l))]
+        if inference:  # loss at inference loop counts 1..2n: best at the trained count; attention shares
+            batch += [Metric("infer/val_loss", float(loss[-1] + 0.01 * abs(k - n_loops)), 0, k)
+                      for k in range(1, 2 * n_loops + 1)]
+            batch += [Metric("attn/mask_to_mask", 0.5 + 0.01 * i, 0, i) for i in range(applied)]
         client.log_batch(run_id, metrics=batch)
         if status == "FAILED":
             client.set_tag(run_id, "loopmdm.error", "RuntimeError: synthetic failure")

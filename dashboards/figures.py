@@ -96,3 +96,18 @@ def loss_vs_loops(comparison: Comparison, path: Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def loss_vs_inference_loops(comparison: Comparison, path: Path) -> Path:
+    """Validation loss of the trained weights at each inference loop count (more loops = more compute)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    for r in comparison.loop_scaling:
+        ks = sorted(r["val_loss"])
+        line, = ax.plot(ks, [r["val_loss"][k].mean for k in ks], marker="o", label=f"{r['label']} ({r['budget']:.2g})")
+        if r["trained_loops"] in r["val_loss"]:
+            ax.plot([r["trained_loops"]], [r["val_loss"][r["trained_loops"]].mean], "*", ms=14, color=line.get_color())
+    ax.set(xlabel="n_loops at inference (star: trained)", ylabel="validation loss (nats/token)",
+           title="inference-time loop scaling")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -20,3 +20,34 @@ def loop_scaling(model, batches, mask_id: int, loops, n_t: int = 8, seed: int = 
                      "forward_flops_per_token": flops.forward_flops_per_token(model.cfg, seq_len, k)})
     model.train(was_training)
     return rows
+
+
+def inference_eval(model, data, cfg, max_loops: int = 0, attention_t: float = 0.5) -> dict:
+    """What a sweep asks after training: validation ELBO at n_loops = 1..max_loops (0: twice the trained
+    count) and the mask-to-mask attention share per applied layer at mask ratio `attention_t` (0: skipped)."""
+    from .analysis import masked_attention_share
+    batches = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)
+    top = max_loops or 2 * cfg.model.n_loops
+    out = {"loop_scaling": loop_scaling(model, batches, data.mask_id, range(1, top + 1), cfg.eval.n_t, cfg.eval.seed)}
+    if attention_t > 0:
+        out["attention"] = masked_attention_share(model, batches[0], attention_t, data.mask_id, seed=cfg.eval.seed)
+    return out
+
+
+def task_accuracy(model, tokenizer, problems, mask_id: int, answer_tokens: int, n_steps: int, schedule=None,
+                  method: str = "confidence", seed: int = 0) -> dict:
+    """Exact-match accuracy on `problems` (tasks.py): each prompt is completed greedily with `answer_tokens`
+    generated tokens, the first number extracted and compared; plus the forward FLOPs the generations cost.
+    One problem per call: prompts differ in length."""
+    import torch
+
+    from .sample import sample
+    from .tasks import is_correct
+    correct, spent = 0, 0
+    for problem, ids in zip(problems, tokenizer.encode_batch([p.prompt for p in problems])):
+        result = sample(model, batch_size=1, length=len(ids) + answer_tokens, mask_id=mask_id, n_tokens=mask_id,
+                        n_steps=n_steps, method=method, prompt=torch.tensor(ids, dtype=torch.long),
+                        schedule=schedule, seed=seed, temperature=0.0)
+        spent += result.flops
+        correct += is_correct(tokenizer.decode(result.tokens[0, len(ids):].tolist()), problem)
+    return {"accuracy": correct / len(problems), "problems": len(problems), "forward_flops": spent}

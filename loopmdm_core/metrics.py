@@ -11,3 +11,8 @@ MFU = "perf/mfu"
 TRAIN_SECONDS = "perf/train_seconds"  # cumulative wall time spent in training steps (no eval, no set-up)
 
 ALL = (TRAIN_LOSS, VAL_LOSS, VAL_PPL, FLOPS, TOKENS, LR, TOKENS_PER_S, MFU, TRAIN_SECONDS)
+
+# After training (evaluate.inference_eval); their step is not an optimizer step but the x of the curve:
+INFER_VAL_LOSS = "infer/val_loss"  # step = n_loops used at inference
+INFER_FLOPS_PER_TOKEN = "infer/forward_flops_per_token"  # step = n_loops
+MASK_TO_MASK = "attn/mask_to_mask"  # step = position of the layer application in the unrolled stack (0-based)

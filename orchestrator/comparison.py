@@ -74,6 +74,8 @@ class Comparison:
     iso_rows: list[dict] = field(default_factory=list)  # across budgets, from finished schedules
     extrapolations: list[dict] = field(default_factory=list)  # power-law trends: clearly marked, never in `rows`
     trials_used: int = 0
+    loop_scaling: list[dict] = field(default_factory=list)  # per (label, budget): n_loops -> mean val loss
+    attention: list[dict] = field(default_factory=list)  # per (label, budget): mean share per layer application
 
 
 def trial_curve(t: TrialRecord) -> iso.Curve:
@@ -130,7 +132,37 @@ def compare(data: SweepData) -> Comparison:
                 else:
                     row.vs_depth_matched = summary
         rows.append(row)
-    return Comparison(rows, _iso_rows(finished, groups), _extrapolations(finished, groups), len(finished))
+    return Comparison(rows, _iso_rows(finished, groups), _extrapolations(finished, groups), len(finished),
+                      _inference_rows(by_cell, "loop_scaling"), _inference_rows(by_cell, "attention"))
+
+
+def applied_layer_names(t: TrialRecord) -> list[str]:
+    """Names of a trial's layer applications in order: 'L2' for a layer run once, 'L2#3' for its 3rd loop."""
+    start, end, n, layers = (t.param(k) for k in ("model.loop_start", "model.loop_end", "model.n_loops",
+                                                  "model.n_layers"))
+    names = [f"L{i}" for i in range(start)]
+    names += [f"L{i}#{k}" if n > 1 else f"L{i}" for k in range(1, n + 1) for i in range(start, end)]
+    return names + [f"L{i}" for i in range(end, layers)]
+
+
+def _inference_rows(by_cell, attr: str) -> list[dict]:
+    """Seed means of the after-training evaluations, per (label, budget) that has them."""
+    out = []
+    for (label, budget), trials in sorted(by_cell.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        having = [t for t in trials if getattr(t, attr)]
+        if not having:
+            continue
+        if attr == "loop_scaling":
+            loops = sorted(set.intersection(*(set(t.loop_scaling) for t in having)))
+            values = {k: iso.bootstrap([t.loop_scaling[k] for t in having]) for k in loops}
+            out.append({"label": label, "budget": budget, "trained_loops": having[0].param("model.n_loops"),
+                        "seeds": len(having), "val_loss": values})
+        else:
+            shares = [iso.bootstrap([t.attention[i] for t in having]) for i in range(min(len(t.attention)
+                                                                                        for t in having))]
+            out.append({"label": label, "budget": budget, "seeds": len(having),
+                        "layers": applied_layer_names(having[0])[:len(shares)], "share": shares})
+    return out
 
 
 def _iso_rows(finished: list[TrialRecord], groups) -> list[dict]:

@@ -65,6 +65,25 @@ def extrapolation_lines(comparison: Comparison) -> list[str]:
             for e in comparison.extrapolations]
 
 
+def loop_scaling_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Validation loss at each inference loop count (* marks the trained count), seed means."""
+    ks = sorted({k for r in comparison.loop_scaling for k in r["val_loss"]})
+    headers = ["variant", "budget", "seeds"] + [f"{k} loop{'s' if k > 1 else ''}" for k in ks]
+    rows = [[r["label"], f"{r['budget']:.3g}", str(r["seeds"])] +
+            [f"{r['val_loss'][k].mean:.4f}{'*' if k == r['trained_loops'] else ''}" if k in r["val_loss"] else "-"
+             for k in ks] for r in comparison.loop_scaling]
+    return headers, rows
+
+
+def attention_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Share of masked queries' attention on masked keys, per layer application (L1#2: layer 1, 2nd loop)."""
+    headers = ["variant", "budget", "seeds", "mask->mask share per layer application"]
+    rows = [[r["label"], f"{r['budget']:.3g}", str(r["seeds"]),
+             ", ".join(f"{name} {share.mean:.3f}" for name, share in zip(r["layers"], r["share"]))]
+            for r in comparison.attention]
+    return headers, rows
+
+
 def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Path]:
     from dashboards import figures, html
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +91,11 @@ def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Pa
     info = provenance(data, comparison)
     files = []
     md = out / "speedups.md"
-    md.write_text("\n".join(f"- {line}" for line in info) + "\n\n" + markdown(HEADERS, rows) + "\n")
+    extra_tables = [(title, *make(comparison)) for title, make, present in (
+        ("Validation loss vs inference loops", loop_scaling_table, comparison.loop_scaling),
+        ("Attention among masked positions", attention_table, comparison.attention)) if present]
+    md.write_text("\n".join(f"- {line}" for line in info) + "\n\n" + markdown(HEADERS, rows) + "\n" +
+                  "".join(f"\n## {title}\n\n{markdown(h, r)}\n" for title, h, r in extra_tables))
     with open(out / "speedups.csv", "w", newline="") as f:
         csv.writer(f).writerows([HEADERS] + rows)
     (out / "speedups.json").write_text(json.dumps(
@@ -80,11 +103,17 @@ def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Pa
          "provenance": info, "rows": [r.as_dict() for r in comparison.rows],
          "iso_flops": [{"label": r["label"], "budgets": r["budgets"], "vs_same_size": r["vs_same_size"].as_dict(),
                         "vs_depth_matched": r["vs_depth_matched"].as_dict()} for r in comparison.iso_rows],
-         "extrapolations": comparison.extrapolations}, indent=2))
+         "extrapolations": comparison.extrapolations,
+         "inference_loop_scaling": [{**r, "val_loss": {k: v.mean for k, v in r["val_loss"].items()}}
+                                    for r in comparison.loop_scaling],
+         "attention_mask_to_mask": [{**r, "share": [v.mean for v in r["share"]]} for r in comparison.attention]},
+        indent=2))
     files += [md, out / "speedups.csv", out / "speedups.json"]
     pngs = [figures.loss_vs_flops(data, out / "loss_vs_flops.png"),
             figures.speedup_bars(comparison, out / "speedup_bars.png"),
             figures.loss_vs_loops(comparison, out / "loss_vs_loops.png")]
+    if comparison.loop_scaling:
+        pngs.append(figures.loss_vs_inference_loops(comparison, out / "loss_vs_inference_loops.png"))
     files += pngs
     notes = "".join(f"<p class='note'>{html.html.escape(line)}</p>" for line in info)
     sections = [("Provenance", notes), ("Speedups", html.table(HEADERS, rows, "speedups"))]
@@ -94,6 +123,7 @@ def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Pa
     if comparison.extrapolations:
         sections.append(("Extrapolations", "".join(f"<p class='warn'>{html.html.escape(x)}</p>"
                                                    for x in extrapolation_lines(comparison))))
+    sections += [(title, html.table(h, r)) for title, h, r in extra_tables]
     sections.append(("Figures", "".join(html.image(p, p.stem.replace("_", " ")) for p in pngs)))
     page = out / "index.html"
     page.write_text(html.page(f"LoopMDM report: {data.experiment}", sections))
@@ -132,6 +162,11 @@ def main(argv=None) -> int:
     print(markdown(HEADERS, table_rows(comparison)))
     for line in iso_lines(comparison) + extrapolation_lines(comparison):
         print("\n" + line)
+    for title, make, present in (("validation loss vs inference loops (* = trained count)", loop_scaling_table,
+                                  comparison.loop_scaling),
+                                 ("attention among masked positions", attention_table, comparison.attention)):
+        if present:
+            print(f"\n{title}:\n" + markdown(*make(comparison)))
     print(f"\nreport: {out / 'index.html'} (and .md/.csv/.json/.png beside it"
           f"{'' if args.no_log else ', logged to the parent run under report/'}); {time.monotonic() - start:.1f} s")
     return 0

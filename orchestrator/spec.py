@@ -51,6 +51,13 @@ class Search:
 
 
 @dataclass(frozen=True)
+class Infer:
+    """Evaluations after training: validation loss per inference loop count, attention among masked tokens."""
+    max_loops: int = 0  # score n_loops = 1..max_loops; 0: twice the trained count
+    attention_t: float = 0.5  # mask ratio of the attention analysis; 0 skips it
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str = ""
     base: RunConfig = field(default_factory=RunConfig)
@@ -64,6 +71,7 @@ class SweepSpec:
     storage_path: str = ""  # Ray Tune results; "": <cwd>/ray_results
     tracking: Tracking = field(default_factory=Tracking)
     search: Search | None = None
+    infer: Infer | None = None  # absent: no evaluation after training
     source: str = ""  # the YAML text, logged as an artifact
 
 
@@ -207,6 +215,14 @@ def parse(data: dict, source: str = "") -> SweepSpec:
     problems: list[str] = []
     data = dict(data or {})
     base_raw, loops_raw, search_raw = data.pop("base", None), data.pop("loops", None), data.pop("search", None)
+    infer = None
+    if "infer" in data:
+        try:
+            infer = from_dict(Infer, data.pop("infer"), "infer")
+            if infer.max_loops < 0 or not 0 <= infer.attention_t < 1:
+                problems.append("infer: max_loops must be >= 0 and attention_t in [0, 1)")
+        except ConfigError as e:
+            problems.extend(e.problems)
     loops = _parse_loops(loops_raw, problems)
     search = _parse_search(search_raw, problems)
     try:
@@ -259,7 +275,7 @@ def parse(data: dict, source: str = "") -> SweepSpec:
     if problems:
         raise ConfigError(problems)
     return dataclasses.replace(spec, base=_absolute_paths(base), loops=tuple(c for c, _ in loops), search=search,
-                               source=source)
+                               infer=infer, source=source)
 
 
 def _absolute_paths(base: RunConfig) -> RunConfig:

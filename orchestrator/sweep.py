@@ -6,6 +6,7 @@ starts. Resuming is the default: when the sweep's Ray experiment folder exists, 
 are found again by their tags.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,7 +44,8 @@ class SweepOutcome:
 
 def sweep_key(spec: specs.SweepSpec, trials: list[specs.TrialSpec], experiment_path: Path) -> str:
     ident = [spec.name, str(experiment_path), sorted(t.key for t in trials),
-             [(k, p.__dict__) for k, p in spec.search.params] if spec.search else None]
+             [(k, p.__dict__) for k, p in spec.search.params] if spec.search else None,
+             dataclasses.asdict(spec.infer) if spec.infer else None]
     return hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:16]
 
 
@@ -107,7 +109,8 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
                                                                   t.config.to_dict(), derived)
         trial_dicts.append({"key": t.key, "name": name, "run_id": run_id, "config": t.config.to_dict(),
                             "tracking_uri": uri, "experiment_id": exp_id, "parent_id": parent_id, "tags": t.tags,
-                            "derived": derived, "cpus": cpus})
+                            "derived": derived, "cpus": cpus,
+                            "infer": dataclasses.asdict(spec.infer) if spec.infer else None})
     experiment_path.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps({"sweep_key": key, "parent_run_id": parent_id, "tracking_uri": uri}))
 

@@ -22,6 +22,8 @@ class TrialRecord:
     params: dict
     curve: list[tuple[float, float]] = field(default_factory=list)  # (cumulative FLOPs, val/loss), by step
     error: str = ""
+    loop_scaling: dict[int, float] = field(default_factory=dict)  # n_loops at inference -> val loss
+    attention: list[float] = field(default_factory=list)  # mask->mask share per layer application, in order
 
     @property
     def variant(self) -> str:
@@ -97,5 +99,11 @@ def load(tracking_uri: str, experiment: str | None = None, sweep_run: str | None
             losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metrics.VAL_LOSS)}
             flops = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metrics.FLOPS)}
             record.curve = [(flops[s], losses[s]) for s in sorted(losses) if s in flops]
+        if metrics.INFER_VAL_LOSS in run.data.metrics:
+            record.loop_scaling = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                                       metrics.INFER_VAL_LOSS)}
+        if metrics.MASK_TO_MASK in run.data.metrics:
+            history = client.get_metric_history(run.info.run_id, metrics.MASK_TO_MASK)
+            record.attention = [m.value for m in sorted(history, key=lambda m: m.step)]
         trials.append(record)
     return SweepData(exp_name, parent.info.run_id, parent.info.status, tracking_uri, trials)

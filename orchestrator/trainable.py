@@ -40,6 +40,24 @@ def _restore_checkpoint(root: Path):
         shutil.copytree(folder, root / f"step_{step:09d}")
 
 
+def _log_inference(logger: tracking.TrialLogger, cfg, root: Path, infer: dict):
+    """Score the trained weights at each inference loop count and measure attention among masked tokens; log
+    both (once: a resumed trial whose run holds them already skips this) and keep the rows as an artifact."""
+    from loopmdm_core.checkpoint import load_model
+    from loopmdm_core.data import load_token_data
+    from loopmdm_core.evaluate import inference_eval
+    if logger.client.get_metric_history(logger.run_id, metrics.INFER_VAL_LOSS):
+        return
+    model, _ = load_model(root)
+    out = inference_eval(model, load_token_data(cfg.data), cfg, infer["max_loops"], infer["attention_t"])
+    logger.log_series(metrics.INFER_VAL_LOSS, [(r["n_loops"], r["val_loss"]) for r in out["loop_scaling"]])
+    logger.log_series(metrics.INFER_FLOPS_PER_TOKEN,
+                      [(r["n_loops"], r["forward_flops_per_token"]) for r in out["loop_scaling"]])
+    if "attention" in out:
+        logger.log_series(metrics.MASK_TO_MASK, [(i, r["mask_to_mask_share"]) for i, r in enumerate(out["attention"])])
+    logger.client.log_text(logger.run_id, json.dumps(out, indent=2), "inference.json")
+
+
 def run_trial(space: dict):
     """The Ray Tune function trainable. `space["trial"]` is what the driver prepared (orchestrator.sweep);
     `space["search"]`, when present, holds values an Optuna searcher sampled (dotted config keys)."""
@@ -81,6 +99,8 @@ def run_trial(space: dict):
     try:
         _restore_checkpoint(root)
         result = train(cfg, sink=sink, checkpoint_dir=root, on_checkpoint=on_checkpoint)
+        if trial.get("infer"):
+            _log_inference(logger, cfg, root, trial["infer"])
     except Exception as e:
         logger.finish("FAILED", error="".join(traceback.format_exception_only(type(e), e)).strip())
         raise

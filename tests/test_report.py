@@ -128,3 +128,22 @@ def test_report_through_a_tracking_server(tmp_path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_inference_sections(store, tmp_path, capsys):
+    make_sweep(store, "infer", budgets=(1e12,), seeds=(0, 1), loops=((2, 3.0),), inference=True)
+    out = tmp_path / "r"
+    assert report.main(["--tracking-uri", store, "--out", str(out), "--no-log"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation loss vs inference loops" in printed and "attention among masked positions" in printed
+    data = json.loads((out / "speedups.json").read_text())
+    scaling = {r["label"]: r for r in data["inference_loop_scaling"]}
+    loop = scaling["loop[1,3)x2"]
+    assert loop["trained_loops"] == 2 and sorted(loop["val_loss"]) == ["1", "2", "3", "4"]
+    assert min(loop["val_loss"], key=loop["val_loss"].get) == "2"
+    attn = {r["label"]: r for r in data["attention_mask_to_mask"]}
+    assert attn["loop[1,3)x2"]["layers"] == ["L0", "L1#1", "L2#1", "L1#2", "L2#2", "L3"]
+    assert attn["loop[1,3)x2"]["share"] == pytest.approx([0.5, 0.51, 0.52, 0.53, 0.54, 0.55])
+    assert attn["same_size(4L)"]["layers"] == ["L0", "L1", "L2", "L3"]
+    assert (out / "loss_vs_inference_loops.png").stat().st_size > 1000
+    assert "Attention among masked positions" in (out / "index.html").read_text()

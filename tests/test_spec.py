@@ -82,6 +82,8 @@ BAD = [
     ({"resources": {"gpu": 1.5}}, "resources.gpu: above 1, ask for whole GPUs"),
     ({"resources": {"tpu": 1}}, "resources.tpu: unknown key"),
     ({"search": {"params": {"train.lrr": {"low": 1e-4, "high": 1e-2}}}}, "search.params.train.lrr: not a run config key"),
+    ({"infer": {"max_loop": 4}}, "infer.max_loop: unknown key; did you mean 'infer.max_loops'?"),
+    ({"infer": {"attention_t": 1.5}}, "infer: max_loops must be >= 0 and attention_t in [0, 1)"),
     ({"search": {"params": {"train.lr": {"distribution": "loguniform", "low": 0, "high": 1e-2}}}}, "loguniform needs low > 0"),
 ]
 

@@ -67,7 +67,7 @@ def histories(client, run) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_sweep_logs_runs_tags_and_metrics(tmp_path, tiny_corpus, cache_dir):
-    sweep = write_sweep(tmp_path, tiny_corpus, cache_dir, "e2e")
+    sweep = write_sweep(tmp_path, tiny_corpus, cache_dir, "e2e", infer={"max_loops": 3, "attention_t": 0.5})
     out = finish(start_sweep(sweep, tmp_path))
     assert "3 finished, 0 failed" in out, out
     client, parents, trials = runs_of(tmp_path, "e2e")
@@ -82,7 +82,7 @@ def test_sweep_logs_runs_tags_and_metrics(tmp_path, tiny_corpus, cache_dir):
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["loopmdm.group"] == "b3e+09-s0" and run.data.tags["loopmdm.seed"] == "0"
         assert run.data.params["model.n_layers"] in ("3", "4") and "train.lr" in run.data.params
-        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["config.yaml", "inference.json"]
         h = histories(client, run)
         steps = int(run.data.params["derived.steps"])
         flops_steps = [s for s, _ in h["flops"]]
@@ -90,6 +90,8 @@ def test_sweep_logs_runs_tags_and_metrics(tmp_path, tiny_corpus, cache_dir):
         assert {s for s, _ in h["val/loss"]} <= set(flops_steps)  # flops logged beside every loss
         assert {s for s, _ in h["train/loss"]} <= set(flops_steps)
         assert [s for s, _ in h["val/loss"]] == [round(steps / 2), steps]
+        assert [s for s, _ in h["infer/val_loss"]] == [1, 2, 3]  # loss per inference loop count, once each
+        assert len(h["attn/mask_to_mask"]) == int(run.data.params["derived.applied_layers"])
     check_report(tmp_path)
 
 
@@ -122,7 +124,9 @@ def check_report(cwd: Path):
     profile = cwd / "chromium-profile"
     dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
-    assert dom.count("<tr>") == 4 and "loop[1,2)x2" in dom and dom.count("data:image/png;base64,") == 3
+    assert "loop[1,2)x2" in dom and dom.count("data:image/png;base64,") == 4  # + loss vs inference loops
+    assert "Validation loss vs inference loops" in dom and "Attention among masked positions" in dom
+    assert dom.count("<tr>") == 4 + 4 + 4  # speedups, loop scaling and attention tables: header + 3 rows each
     shot = cwd / "shot.png"
     subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,1600",
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)

@@ -1,0 +1,92 @@
+"""Reasoning tasks, GSM8K-style: a prompt, a generated answer, the final number extracted, exact match.
+
+`arithmetic` is a synthetic task small models learn on a CPU: multi-digit addition/subtraction problems made
+from a seed, split into train and test by a hash of the problem text (the splits never share a problem).
+`read_gsm8k` reads a GSM8K jsonl file ({"question", "answer"} with the answer ending in "#### N") when the user
+has one. `write_corpus` writes a task's train split as a jsonl corpus (data.corpus) to train or mix in.
+"""
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DataError
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str  # what the model is given
+    answer: str  # the final number, as text
+
+
+def extract_answer(text: str) -> str | None:
+    """The first number of a generated answer (commas dropped), None when there is none."""
+    match = NUMBER.search(text)
+    return match.group(0).replace(",", "") if match else None
+
+
+def is_correct(generated: str, problem: Problem) -> bool:
+    got = extract_answer(generated)
+    if got is None:
+        return False
+    try:
+        return float(got) == float(problem.answer)
+    except ValueError:
+        return False
+
+
+def _split_of(text: str, test_fraction: float) -> str:
+    h = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+    return "test" if h < test_fraction else "train"
+
+
+def arithmetic(n: int, split: str, digits: int = 2, seed: int = 0, test_fraction: float = 0.2) -> list[Problem]:
+    """`n` distinct problems "a+b=" / "a-b=" with `digits`-digit operands from `split` ("train" or "test")."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    rng, seen, out = random.Random(seed), set(), []
+    space = 2 * (9 * 10 ** (digits - 1)) ** 2
+    for _ in range(50 * n):
+        a, b = rng.randrange(10 ** (digits - 1), 10 ** digits), rng.randrange(10 ** (digits - 1), 10 ** digits)
+        op = rng.choice("+-")
+        prompt = f"{a}{op}{b}="
+        if prompt in seen or _split_of(prompt, test_fraction) != split:
+            continue
+        seen.add(prompt)
+        out.append(Problem(prompt, str(a + b if op == "+" else a - b)))
+        if len(out) == n:
+            return out
+    raise DataError(f"arithmetic: only {len(out)} distinct {split} problems with {digits} digits "
+                    f"(about {space} exist); ask for fewer")
+
+
+def read_gsm8k(path: str | Path) -> list[Problem]:
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                question, answer = record["question"], record["answer"]
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{path}:{lineno}: expected JSON with 'question' and 'answer'") from None
+            final = answer.rsplit("####", 1)[-1].strip().replace(",", "")
+            problems.append(Problem(f"Question: {question}\nAnswer:", final))
+    return problems
+
+
+def write_corpus(problems: list[Problem], path: str | Path, per_document: int = 64) -> Path:
+    """The problems with their answers, one per line, `per_document` lines per jsonl document."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{p.prompt}{p.answer}" for p in problems]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(0, len(lines), per_document):
+            f.write(json.dumps({"text": "\n".join(lines[i:i + per_document])}) + "\n")
+    return path

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from loopmdm_core import tasks
+from loopmdm_core.errors import DataError
+
+
+def test_checker_on_known_answers():
+    p = tasks.Problem("12+34=", "46")
+    assert tasks.is_correct("46", p) and tasks.is_correct("46\n7+1=8", p) and tasks.is_correct(" 46.", p)
+    assert not tasks.is_correct("45", p) and not tasks.is_correct("", p) and not tasks.is_correct("forty-six", p)
+    assert tasks.is_correct("-7", tasks.Problem("3-10=", "-7")) and not tasks.is_correct("7", tasks.Problem("3-10=", "-7"))
+    assert tasks.extract_answer("so it is 1,234 in all") == "1234"
+
+
+def test_arithmetic_is_seeded_correct_and_split_disjoint():
+    train = tasks.arithmetic(300, "train", seed=1)
+    test = tasks.arithmetic(100, "test", seed=1)
+    assert train == tasks.arithmetic(300, "train", seed=1)
+    assert not {p.prompt for p in train} & {p.prompt for p in test}
+    for p in train[:50] + test[:50]:
+        a, op, b = p.prompt[:2], p.prompt[2], p.prompt[3:5]
+        assert int(p.answer) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+    with pytest.raises(DataError, match="distinct"):
+        tasks.arithmetic(10_000, "test", digits=1)
+
+
+def test_gsm8k_reader_and_corpus_writer(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text(json.dumps({"question": "Tom has 3 apples and buys 1,200 more. How many?",
+                                "answer": "3 + 1200 = 1203\n#### 1,203"}) + "\n")
+    [p] = tasks.read_gsm8k(path)
+    assert p.answer == "1203" and p.prompt.startswith("Question: Tom")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"q": 1}\n')
+    with pytest.raises(DataError, match="bad.jsonl:1"):
+        tasks.read_gsm8k(bad)
+    corpus = tasks.write_corpus(tasks.arithmetic(130, "train"), tmp_path / "arith.jsonl", per_document=64)
+    docs = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    assert len(docs) == 3 and docs[0].count("\n") == 63
+
+
+def test_task_accuracy_pipeline_counts_flops(tmp_path):
+    import torch
+
+    from loopmdm_core.evaluate import task_accuracy
+    from loopmdm_core.model import LoopMDM, ModelConfig
+    from loopmdm_core.tokenizer import GPT2Tokenizer
+
+    torch.manual_seed(0)
+    tok = GPT2Tokenizer()
+    model = LoopMDM(ModelConfig(n_layers=2, d_model=32, n_heads=2, loop_start=0, loop_end=1, n_loops=2,
+                                vocab_size=50304))
+    problems = tasks.arithmetic(3, "test")
+    out = task_accuracy(model, tok, problems, mask_id=50257, answer_tokens=3, n_steps=3)
+    assert out["problems"] == 3 and 0.0 <= out["accuracy"] <= 1.0 and out["forward_flops"] > 0
