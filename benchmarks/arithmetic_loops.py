@@ -2,7 +2,7 @@
 
 python benchmarks/arithmetic_loops.py [--budget 5e12] [--problems 200] [--out /tmp/arith]
 Writes a 2-digit addition/subtraction corpus (tasks.arithmetic train split), trains a LoopMDM (loop [1,3) x 2)
-and its same-size baseline on it at the same FLOPs budget, then scores exact-match accuracy on held-out test
+and its same-size baseline on 10,000 of them at the same FLOPs budget, then scores exact-match accuracy on held-out test
 problems at each inference loop count and under adaptive schedules, with the forward FLOPs each costs.
 """
 
@@ -27,7 +27,7 @@ def main():
     p.add_argument("--out", default="/tmp/arith")
     args = p.parse_args()
     out = Path(args.out)
-    corpus = tasks.write_corpus(tasks.arithmetic(20000, "train"), out / "corpus" / "arith.jsonl")
+    corpus = tasks.write_corpus(tasks.arithmetic(10000, "train"), out / "corpus" / "arith.jsonl")
     test = tasks.arithmetic(args.problems, "test")
     base = {"data": {"corpus": str(corpus), "bpe_vocab_size": 320, "seq_len": 64},
             "train": {"budget_flops": args.budget, "batch_size": 32, "lr": 1e-3},

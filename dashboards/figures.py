@@ -111,3 +111,22 @@ def loss_vs_inference_loops(comparison: Comparison, path: Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def attention_shares(comparison: Comparison, path: Path) -> Path:
+    """Mask->mask attention share per layer application (x: position in the unrolled stack)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    top = max(r["budget"] for r in comparison.attention)
+    for r in comparison.attention:
+        if r["budget"] != top:
+            continue
+        xs = range(len(r["share"]))
+        line, = ax.plot(xs, [v.mean for v in r["share"]], marker="o", label=f"{r['label']} ({r['seeds']} seeds)")
+        for x, name in zip(xs, r["layers"]):
+            if "#" in name:
+                ax.annotate(name, (x, r["share"][x].mean), fontsize=6, color=line.get_color())
+    ax.set(xlabel="layer application (unrolled order)", ylabel="attention share of masked queries on masked keys",
+           title=f"attention among masked positions, budget {top:.2g}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

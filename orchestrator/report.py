@@ -114,6 +114,8 @@ def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Pa
             figures.loss_vs_loops(comparison, out / "loss_vs_loops.png")]
     if comparison.loop_scaling:
         pngs.append(figures.loss_vs_inference_loops(comparison, out / "loss_vs_inference_loops.png"))
+    if comparison.attention:
+        pngs.append(figures.attention_shares(comparison, out / "attention_shares.png"))
     files += pngs
     notes = "".join(f"<p class='note'>{html.html.escape(line)}</p>" for line in info)
     sections = [("Provenance", notes), ("Speedups", html.table(HEADERS, rows, "speedups"))]

@@ -146,4 +146,5 @@ def test_inference_sections(store, tmp_path, capsys):
     assert attn["loop[1,3)x2"]["share"] == pytest.approx([0.5, 0.51, 0.52, 0.53, 0.54, 0.55])
     assert attn["same_size(4L)"]["layers"] == ["L0", "L1", "L2", "L3"]
     assert (out / "loss_vs_inference_loops.png").stat().st_size > 1000
+    assert (out / "attention_shares.png").stat().st_size > 1000
     assert "Attention among masked positions" in (out / "index.html").read_text()

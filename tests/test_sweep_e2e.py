@@ -124,7 +124,7 @@ def check_report(cwd: Path):
     profile = cwd / "chromium-profile"
     dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
-    assert "loop[1,2)x2" in dom and dom.count("data:image/png;base64,") == 4  # + loss vs inference loops
+    assert "loop[1,2)x2" in dom and dom.count("data:image/png;base64,") == 5  # + inference loops, attention
     assert "Validation loss vs inference loops" in dom and "Attention among masked positions" in dom
     assert dom.count("<tr>") == 4 + 4 + 4  # speedups, loop scaling and attention tables: header + 3 rows each
     shot = cwd / "shot.png"
