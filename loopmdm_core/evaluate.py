@@ -26,9 +26,12 @@ def inference_eval(model, data, cfg, max_loops: int = 0, attention_t: float = 0.
     """What a sweep asks after training: validation ELBO at n_loops = 1..max_loops (0: twice the trained
     count) and the mask-to-mask attention share per applied layer at mask ratio `attention_t` (0: skipped)."""
     from .analysis import masked_attention_share
-    batches = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)
+    from .train import autocast_for
+    device = next(model.parameters()).device
+    batches = [b.to(device) for b in data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)]
     top = max_loops or 2 * cfg.model.n_loops
-    out = {"loop_scaling": loop_scaling(model, batches, data.mask_id, range(1, top + 1), cfg.eval.n_t, cfg.eval.seed)}
+    out = {"loop_scaling": loop_scaling(model, batches, data.mask_id, range(1, top + 1), cfg.eval.n_t, cfg.eval.seed,
+                                        autocast=autocast_for(device, cfg.train.dtype))}
     if attention_t > 0:
         out["attention"] = masked_attention_share(model, batches[0], attention_t, data.mask_id, seed=cfg.eval.seed)
     return out

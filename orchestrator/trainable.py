@@ -17,7 +17,7 @@ from ray import tune
 
 from loopmdm_core import load_run_config, metrics, train
 from loopmdm_core.config import apply_overrides
-from loopmdm_core.train import plan
+from loopmdm_core.train import pick_device, plan
 
 from . import tracking
 
@@ -48,7 +48,7 @@ def _log_inference(logger: tracking.TrialLogger, cfg, root: Path, infer: dict):
     from loopmdm_core.evaluate import inference_eval
     if logger.client.get_metric_history(logger.run_id, metrics.INFER_VAL_LOSS):
         return
-    model, _ = load_model(root)
+    model, _ = load_model(root, device=pick_device(cfg.train.device))
     out = inference_eval(model, load_token_data(cfg.data), cfg, infer["max_loops"], infer["attention_t"])
     logger.log_series(metrics.INFER_VAL_LOSS, [(r["n_loops"], r["val_loss"]) for r in out["loop_scaling"]])
     logger.log_series(metrics.INFER_FLOPS_PER_TOKEN,
