@@ -4,6 +4,7 @@ Unknown keys and wrong types are errors naming the dotted path and the closest v
 a config is reported at once. `flatten()` gives the dotted keys used as MLflow params and in `--set` overrides.
 """
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -236,7 +237,6 @@ def read_yaml(path: str | Path) -> dict:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `dotted.key=value` strings (values parsed as YAML scalars) to a nested dict, returning a copy."""
-    import copy
     out = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")

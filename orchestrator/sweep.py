@@ -105,8 +105,9 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
         name = f"{t.label}-b{t.budget_flops:.3g}-s{t.seed}"
         derived = {"derived.params": t.plan.params, "derived.flops_per_token": t.plan.flops_per_token,
                    "derived.steps": t.plan.steps, "derived.applied_layers": t.config.model.applied_layers()}
+        # params and config.yaml show the resolved config (model.vocab_size filled in from the tokenizer)
         run_id = None if spec.search else tracking.open_trial_run(client, exp_id, parent_id, t.key, name, t.tags,
-                                                                  t.config.to_dict(), derived)
+                                                                  t.plan.config.to_dict(), derived)
         trial_dicts.append({"key": t.key, "name": name, "run_id": run_id, "config": t.config.to_dict(),
                             "tracking_uri": uri, "experiment_id": exp_id, "parent_id": parent_id, "tags": t.tags,
                             "derived": derived, "cpus": cpus,
