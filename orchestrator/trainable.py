@@ -74,7 +74,8 @@ def run_trial(space: dict):
         key = trial_key(cfg)
         tags = {**trial["tags"], "loopmdm.trial_key": key, "loopmdm.search_cell": trial["key"]}
         run_id = tracking.open_trial_run(client, trial["experiment_id"], trial["parent_id"], key,
-                                         f"{trial['name']}-{key[:6]}", tags, config, trial["derived"])
+                                         f"{trial['name']}-{key[:6]}", tags, plan(cfg).config.to_dict(),
+                                         trial["derived"])
     cfg = load_run_config(config)
     checkpoint_steps = set(plan(cfg).checkpoint_steps)
     logger = tracking.TrialLogger(trial["tracking_uri"], run_id)
