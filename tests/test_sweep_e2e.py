@@ -114,7 +114,8 @@ def check_report(cwd: Path):
     out = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "report.py"), "--out", str(cwd / "report")],
                          capture_output=True, text=True, cwd=cwd, timeout=300)
     assert out.returncode == 0, out.stderr
-    table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    speedups = out.stdout.split("\n\n")[1]  # provenance, then the speedup table, then the other sections
+    table = [line for line in speedups.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0][2:] for row in table[1:]] == ["loop[1,2)x2", "same_size(3L)", "depth_matched(4L)"]
     assert "runs used: 3 finished trials of 3" in out.stdout
     page = cwd / "report" / "index.html"
@@ -138,9 +139,11 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, tiny_corpus, cache_di
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     reference_dir.mkdir()
     killed_dir.mkdir()
-    finish(start_sweep(write_sweep(reference_dir, tiny_corpus, cache_dir, "resume"), reference_dir))
+    # ~90 steps a trial, a checkpoint every 4: a wide window to kill one mid-trial whatever the machine's speed
+    finish(start_sweep(write_sweep(reference_dir, tiny_corpus, cache_dir, "resume", budgets=[1.2e10]),
+                       reference_dir))
 
-    sweep = write_sweep(killed_dir, tiny_corpus, cache_dir, "resume")
+    sweep = write_sweep(killed_dir, tiny_corpus, cache_dir, "resume", budgets=[1.2e10])
     proc = start_sweep(sweep, killed_dir)
     deadline = time.monotonic() + 300
     killed_mid_trial = False
