@@ -11,7 +11,6 @@ the previous one and the loop count is the same (MDLM's cache: the denoiser has 
 reports the forward FLOPs it spent, counted by flops.py.
 """
 
-import math
 from dataclasses import dataclass, field
 
 import torch
