@@ -146,24 +146,26 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, tiny_corpus, cache_di
     sweep = write_sweep(killed_dir, tiny_corpus, cache_dir, "resume", budgets=[1.2e10])
     proc = start_sweep(sweep, killed_dir)
     deadline = time.monotonic() + 300
-    killed_mid_trial = False
+    killed_mid_trial, client = False, None
     while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if not (killed_dir / "mlflow.db").exists():
-            continue
-        try:
-            client, _, trials = runs_of(killed_dir, "resume")
+        time.sleep(0.3)
+        try:  # one cheap query per poll: the runs' statuses and last metric values
+            client = client or MlflowClient(f"sqlite:///{killed_dir / 'mlflow.db'}")
+            exp = client.get_experiment_by_name("resume")
+            runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("loopmdm.role") == "trial"]
         except Exception:  # the driver is still creating the store
             continue
-        done = [r for r in trials.values() if client.get_run(r.info.run_id).info.status == "FINISHED"]
-        running = [r for r in trials.values() if client.get_run(r.info.run_id).info.status == "RUNNING"
-                   and max((m.step for m in client.get_metric_history(r.info.run_id, "flops")), default=0) >= 6]
+        done = any(r.info.status == "FINISHED" for r in runs)
+        # tokens = step x 256 (batch 8 x seq 32): past step 6, i.e. past its first checkpoint at step 4
+        running = any(r.info.status == "RUNNING" and r.data.metrics.get("tokens", 0) >= 6 * 256 for r in runs)
         if done and running:  # one trial finished, the next one past its first checkpoint: kill now
             os.killpg(proc.pid, signal.SIGKILL)
             killed_mid_trial = True
             break
+    if not killed_mid_trial:
+        out, _ = proc.communicate(timeout=300)
+        pytest.fail(f"the sweep ended (exit {proc.returncode}) before it could be killed mid-trial:\n{out[-3000:]}")
     proc.wait(timeout=60)
-    assert killed_mid_trial, "the sweep finished before it could be killed"
     time.sleep(2)
 
     out = finish(start_sweep(sweep, killed_dir))
