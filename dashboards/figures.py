@@ -17,6 +17,14 @@ COLORS = {"loop": "tab:blue", "same_size": "tab:gray", "depth_matched": "tab:ora
 STYLES = ["-", "--", ":", "-."]
 
 
+def _finish(fig, ax, path: Path, **labels) -> Path:
+    """Axis labels and title, a light grid and a small legend, then save: the common end of every figure."""
+    ax.set(**labels)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -91,11 +99,8 @@ def loss_vs_loops(comparison: Comparison, path: Path) -> Path:
         ax.errorbar(ks, [points[k].mean for k in ks], yerr=[[points[k].mean - points[k].low for k in ks],
                                                             [points[k].high - points[k].mean for k in ks]],
                     marker="o", capsize=3, label=f"loop {loop}, budget {budget:.2g}")
-    ax.set(xlabel="n_loops (1 = same-size baseline)", ylabel="final validation loss (nats/token)",
-           title="final loss vs loops, at equal training FLOPs")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="n_loops (1 = same-size baseline)",
+                   ylabel="final validation loss (nats/token)", title="final loss vs loops, at equal training FLOPs")
 
 
 def loss_vs_inference_loops(comparison: Comparison, path: Path) -> Path:
@@ -106,11 +111,8 @@ def loss_vs_inference_loops(comparison: Comparison, path: Path) -> Path:
         line, = ax.plot(ks, [r["val_loss"][k].mean for k in ks], marker="o", label=f"{r['label']} ({r['budget']:.2g})")
         if r["trained_loops"] in r["val_loss"]:
             ax.plot([r["trained_loops"]], [r["val_loss"][r["trained_loops"]].mean], "*", ms=14, color=line.get_color())
-    ax.set(xlabel="n_loops at inference (star: trained)", ylabel="validation loss (nats/token)",
-           title="inference-time loop scaling")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="n_loops at inference (star: trained)",
+                   ylabel="validation loss (nats/token)", title="inference-time loop scaling")
 
 
 def attention_shares(comparison: Comparison, path: Path) -> Path:
@@ -125,8 +127,6 @@ def attention_shares(comparison: Comparison, path: Path) -> Path:
         for x, name in zip(xs, r["layers"]):
             if "#" in name:
                 ax.annotate(name, (x, r["share"][x].mean), fontsize=6, color=line.get_color())
-    ax.set(xlabel="layer application (unrolled order)", ylabel="attention share of masked queries on masked keys",
-           title=f"attention among masked positions, budget {top:.2g}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="layer application (unrolled order)",
+                   ylabel="attention share of masked queries on masked keys",
+                   title=f"attention among masked positions, budget {top:.2g}")
