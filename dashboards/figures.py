@@ -130,3 +130,27 @@ def attention_shares(comparison: Comparison, path: Path) -> Path:
     return _finish(fig, ax, path, xlabel="layer application (unrolled order)",
                    ylabel="attention share of masked queries on masked keys",
                    title=f"attention among masked positions, budget {top:.2g}")
+
+
+def accuracy_vs_inference_flops(comparison: Comparison, path: Path) -> Path:
+    """Task accuracy against forward FLOPs per answer at the largest budget: fixed loop counts as a line per
+    variant, adaptive schedules as labelled points (up and left of the line = compute saved at equal quality)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    top = max(r["budget"] for r in comparison.task)
+    by_label = defaultdict(list)
+    for r in comparison.task:
+        if r["budget"] == top:
+            by_label[r["label"]].append(r)
+    for label, rows in by_label.items():
+        fixed = sorted((r for r in rows if r["schedule"].startswith("fixed:")), key=lambda r: r["flops_per_problem"])
+        xs = [r["flops_per_problem"] / 1e9 for r in fixed]
+        accs = [r["accuracy"] for r in fixed]
+        line = ax.errorbar(xs, [a.mean for a in accs], yerr=[[a.mean - a.low for a in accs], [a.high - a.mean for a in accs]],
+                           marker="o", capsize=3, label=f"{label}: fixed loops")[0]
+        for r in rows:
+            if not r["schedule"].startswith("fixed:"):
+                x, y = r["flops_per_problem"] / 1e9, r["accuracy"].mean
+                ax.plot([x], [y], "D", color=line.get_color())
+                ax.annotate(r["schedule"], (x, y), fontsize=6, color=line.get_color())
+    return _finish(fig, ax, path, xlabel="forward GFLOPs per answer", ylabel="exact-match accuracy (95% CI)",
+                   title=f"task accuracy vs inference compute, budget {top:.2g}")

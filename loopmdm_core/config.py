@@ -20,7 +20,10 @@ from .model import ModelConfig
 
 @dataclass(frozen=True)
 class DataConfig:
-    corpus: str = "builtin:shakespeare"  # builtin:NAME, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG]
+    corpus: str = "builtin:shakespeare"  # builtin:NAME, a .txt/.jsonl/.parquet file or folder, hf:NAME[:CONFIG],
+    # or none (only the task below)
+    task: str = ""  # mix a reasoning task's train problems into the corpus: arithmetic[:DIGITS] or gsm8k:PATH
+    task_problems: int = 10000  # arithmetic: train problems generated for the mix (gsm8k: 0 = the whole file)
     text_field: str = "text"  # the text column of .jsonl/.parquet/hf corpora
     tokenizer: str = "bpe"  # bpe: a byte-level BPE trained on the corpus; gpt2: GPT-2's BPE (tiktoken)
     bpe_vocab_size: int = 512  # size of the trained BPE, special tokens included
@@ -37,6 +40,17 @@ class DataConfig:
                      f"got {self.bpe_vocab_size}")
         if self.seq_len < 2:
             p.append(f"data.seq_len: must be >= 2, got {self.seq_len}")
+        if self.corpus == "none" and not self.task:
+            p.append("data.corpus: none needs data.task (e.g. arithmetic) to train on")
+        if self.task:
+            from .errors import DataError
+            from .tasks import parse_spec
+            try:
+                parse_spec(self.task)
+            except DataError as e:
+                p.append(f"data.{e}")
+        if self.task_problems < 0:
+            p.append(f"data.task_problems: must be >= 0, got {self.task_problems}")
         if not 0 < self.val_fraction < 1:
             p.append(f"data.val_fraction: must be in (0, 1), got {self.val_fraction}")
         return p

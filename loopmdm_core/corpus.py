@@ -1,7 +1,8 @@
 """Corpora as `datasets.Dataset`s of documents (one `text` column), with a content fingerprint for caching.
 
 Sources: `builtin:shakespeare` (shipped in the package), a local .txt/.jsonl/.parquet file or a folder of
-them, or `hf:NAME[:CONFIG]` from the Hugging Face hub (online only). `datasets` is imported here, not at
+them, or `hf:NAME[:CONFIG]` from the Hugging Face hub (online only); `with_task` mixes a reasoning task's train
+problems in (tasks.py), `none` is the task alone. `datasets` is imported here, not at
 package import, so the model and trainer run where it is not installed (e.g. GPU benchmark machines).
 """
 
@@ -70,8 +71,25 @@ def _read_file(path: Path, text_field: str) -> list[str]:
         raise DataError(f"{path}: cannot read: {e}") from None
 
 
-def load_corpus(spec: str, text_field: str = "text") -> Corpus:
-    """Load the documents named by `spec` (data.corpus)."""
+def with_task(corpus: Corpus | None, task: str, n_problems: int) -> Corpus:
+    """`corpus` (None: no text) plus the task's train problems as documents; the fingerprint covers both."""
+    import datasets
+
+    from .tasks import documents
+    docs = datasets.Dataset.from_dict({"text": documents(task, n_problems)})
+    if corpus is None:
+        name, fingerprint, mixed = task, "", docs
+    else:
+        name, fingerprint = f"{corpus.name}+{task}", corpus.fingerprint
+        mixed = datasets.concatenate_datasets([corpus.documents, docs])
+    fingerprint = hashlib.sha256(f"{fingerprint}|{task}|{n_problems}".encode()).hexdigest()
+    return Corpus(name, fingerprint, mixed)
+
+
+def load_corpus(spec: str, text_field: str = "text", task: str = "", task_problems: int = 0) -> Corpus:
+    """Load the documents named by `spec` (data.corpus), with `task`'s problems mixed in when given."""
+    if task:
+        return with_task(None if spec == "none" else load_corpus(spec, text_field), task, task_problems)
     import datasets
 
     if spec.startswith("builtin:"):

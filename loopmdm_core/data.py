@@ -152,7 +152,7 @@ def _unigram_ppl(train: PackedSequences, val: PackedSequences, n_ids: int) -> fl
 def load_token_data(cfg: DataConfig) -> TokenData:
     """Tokenize the corpus into the cache if needed, then open it memory-mapped."""
     root = cache_root(cfg)
-    corpus = load_corpus(cfg.corpus, cfg.text_field)
+    corpus = load_corpus(cfg.corpus, cfg.text_field, cfg.task, cfg.task_problems)
     texts = corpus.documents["text"]
     if len(texts) < 2:
         raise DataError(f"data.corpus: {cfg.corpus} has {len(texts)} document; need at least 2 to hold one out "

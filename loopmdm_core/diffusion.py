@@ -7,9 +7,9 @@ reported per token (divided by the sequence length): nats/token, an upper bound 
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 EPS = 1e-3  # smallest mask ratio: keeps the 1/t weight bounded (MDLM's sampling_eps)
 
@@ -36,23 +36,95 @@ def mask_tokens(x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch
     return torch.where(masked, torch.full_like(x, mask_id), x), masked
 
 
-def masked_ce_over_t(model, x: torch.Tensor, xt: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
-                     n_loops: int | None = None) -> torch.Tensor:
-    """Per-row sum over masked positions of CE / t, in fp32. The head runs on masked positions only."""
-    hidden = model(xt, n_loops=n_loops)
-    logits = model.logits(hidden[masked]).float()
-    ce = F.cross_entropy(logits, x[masked], reduction="none")
-    rows = masked.nonzero(as_tuple=True)[0]
-    per_row = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32).index_add_(0, rows, ce)
-    return per_row / t.to(x.device)
+@dataclass
+class NoisedBatch:
+    """A batch with its masks drawn, laid out for the loss: the masked positions as a flat index list padded
+    to a multiple of `pad_to`, so the device needs no data-dependent shapes and never syncs with the host."""
+    xt: torch.Tensor  # (B, S) noised tokens: the model's input
+    index: torch.Tensor  # (C,) flat positions (b * S + i) of the masked tokens, then padding (position 0)
+    targets: torch.Tensor  # (C,) the clean tokens at those positions
+    weight: torch.Tensor  # (C,) 1/t of each position's row; 0 on padding
+    n_tokens: int  # B * S: the loss is reported per token
+
+    def to(self, device) -> "NoisedBatch":
+        if torch.device(device).type != "cuda":
+            return NoisedBatch(*(v.to(device) for v in (self.xt, self.index, self.targets, self.weight)), self.n_tokens)
+        # Pinned host memory: the copies overlap with the device's work on the previous step.
+        return NoisedBatch(*(v.pin_memory().to(device, non_blocking=True)
+                             for v in (self.xt, self.index, self.targets, self.weight)), self.n_tokens)
+
+
+def noise_batch(x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator,
+                pad_to: int = 1) -> NoisedBatch:
+    """Draw the masks of `x` (on the host, from `generator`: the same masks on any device) at ratios `t`."""
+    xt, masked = mask_tokens(x, t, mask_id, generator)
+    flat = masked.reshape(-1).nonzero().squeeze(1)
+    n = len(flat)
+    size = max(pad_to, -(-n // pad_to) * pad_to)
+    index = torch.zeros(size, dtype=torch.long)
+    index[:n] = flat
+    weight = torch.zeros(size, dtype=torch.float32)
+    weight[:n] = (1.0 / t.float())[flat // x.shape[1]]
+    return NoisedBatch(xt, index, x.reshape(-1)[index], weight, x.numel())
+
+
+def weighted_ce_sum(model, batch: NoisedBatch, n_loops: int | None = None) -> torch.Tensor:
+    """Sum over the masked positions of CE / t (fp32). The head runs on the masked positions only."""
+    hidden = model(batch.xt, n_loops=n_loops)
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.index)
+    return linear_cross_entropy(h, model.head.weight, batch.targets, batch.weight)
 
 
 def elbo_loss(model, x: torch.Tensor, mask_id: int, generator: torch.Generator,
-              n_loops: int | None = None) -> torch.Tensor:
-    """Training loss: sum over masked positions of CE/t, divided by the number of tokens in the batch."""
-    t = antithetic_t(x.shape[0], generator)
-    xt, masked = mask_tokens(x, t, mask_id, generator)
-    return masked_ce_over_t(model, x, xt, masked, t, n_loops).sum() / x.numel()
+              n_loops: int | None = None, pad_to: int = 1) -> torch.Tensor:
+    """Training loss of clean tokens `x` (host tensor; moved to the model's device here): sum over masked
+    positions of CE/t, divided by the number of tokens in the batch."""
+    batch = noise_batch(x, antithetic_t(x.shape[0], generator), mask_id, generator, pad_to)
+    batch = batch.to(next(model.parameters()).device)
+    return weighted_ce_sum(model, batch, n_loops) / batch.n_tokens
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i weight_i * CE(h_i @ W^T, target_i), computed in row chunks: the (rows x vocab) logits exist one
+    chunk at a time, in the matmul dtype, with softmax statistics in fp32. The gradients are formed in the same
+    pass (the loss is a weighted sum, so they only need scaling by the incoming gradient in backward)."""
+
+    @staticmethod
+    def forward(ctx, h, w, targets, weight, chunk):
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        hc, wc = h.to(dtype), w.to(dtype)
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hc) if needs_grad else None
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if needs_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for lo in range(0, h.shape[0], chunk):
+            rows = slice(lo, lo + chunk)
+            with torch.autocast(h.device.type, enabled=False):
+                logits = (hc[rows] @ wc.t()).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                ce = lse - logits.gather(1, targets[rows, None]).squeeze(1)
+                total += (weight[rows] * ce).sum()
+                if needs_grad:
+                    probs = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+                    probs.scatter_add_(1, targets[rows, None], torch.full_like(probs[:, :1], -1.0))
+                    g = probs.mul_(weight[rows, None]).to(dtype)
+                    grad_h[rows] = g @ wc
+                    grad_w += (g.t() @ hc[rows]).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (h.dtype, w.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]), None, None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
+                         max_chunk_elements: int = 1 << 27) -> torch.Tensor:
+    """Weighted sum of the cross-entropies of the head `w` applied to rows `h`: never the full logits at once."""
+    chunk = max(1, max_chunk_elements // w.shape[0])
+    return _LinearCrossEntropy.apply(h, w, targets, weight, chunk)
 
 
 @torch.no_grad()
@@ -69,9 +141,9 @@ def validation_elbo(model, batches: list[torch.Tensor], mask_id: int, n_t: int, 
     for x in batches:
         for t_value in grid:
             t = t_value.expand(x.shape[0])
-            xt, masked = mask_tokens(x, t, mask_id, generator)
+            batch = noise_batch(x.cpu(), t, mask_id, generator).to(x.device)
             with autocast() if autocast else contextlib.nullcontext():
-                total += masked_ce_over_t(model, x, xt, masked, t, n_loops).sum().item()
+                total += weighted_ce_sum(model, batch, n_loops).item()
             tokens += x.numel()
     return total / tokens
 

@@ -37,11 +37,35 @@ def inference_eval(model, data, cfg, max_loops: int = 0, attention_t: float = 0.
     return out
 
 
+def default_schedules(n_loops: int) -> list[str]:
+    """Fixed 1..2x the trained loop count, and for a looped model three adaptive schedules over the same range."""
+    top = 2 * n_loops
+    out = [f"fixed:{k}" for k in range(1, top + 1)]
+    if n_loops > 1:
+        out += [f"ramp:{top}:1", f"confidence:1:{top}:0.9", f"convergence:0.05:1:{top}"]
+    return out
+
+
+def task_eval(model, data, cfg, test: str, n_problems: int, answer_tokens: int, n_steps: int,
+              schedule_specs=()) -> list[dict]:
+    """Accuracy and forward FLOPs per problem on a reasoning task's held-out problems, per loop schedule.
+    `test` names the problems (tasks.py spec; "" = the test split of the task the model was trained with)."""
+    from . import schedules, tasks
+    problems = tasks.problems(test or cfg.data.task, "test", n_problems)
+    rows = []
+    for spec in schedule_specs or default_schedules(cfg.model.n_loops):
+        out = task_accuracy(model, data.tokenizer, problems, data.mask_id, answer_tokens, n_steps,
+                            schedule=schedules.parse(spec))
+        rows.append({"schedule": spec, "accuracy": out["accuracy"], "problems": out["problems"],
+                     "forward_flops_per_problem": out["forward_flops"] / out["problems"]})
+    return rows
+
+
 def task_accuracy(model, tokenizer, problems, mask_id: int, answer_tokens: int, n_steps: int, schedule=None,
                   method: str = "confidence", seed: int = 0) -> dict:
     """Exact-match accuracy on `problems` (tasks.py): each prompt is completed greedily with `answer_tokens`
-    generated tokens, the first number extracted and compared; plus the forward FLOPs the generations cost.
-    One problem per call: prompts differ in length."""
+    generated tokens, cut at the first end of document, the first number extracted and compared; plus the
+    forward FLOPs the generations cost. One problem per call: prompts differ in length."""
     import torch
 
     from .sample import sample
@@ -52,5 +76,8 @@ def task_accuracy(model, tokenizer, problems, mask_id: int, answer_tokens: int, 
                         n_steps=n_steps, method=method, prompt=torch.tensor(ids, dtype=torch.long),
                         schedule=schedule, seed=seed, temperature=0.0)
         spent += result.flops
-        correct += is_correct(tokenizer.decode(result.tokens[0, len(ids):].tolist()), problem)
+        answer = result.tokens[0, len(ids):].tolist()
+        if tokenizer.eos_id in answer:  # what follows the end of the document is not part of the answer
+            answer = answer[:answer.index(tokenizer.eos_id)]
+        correct += is_correct(tokenizer.decode(answer), problem)
     return {"accuracy": correct / len(problems), "problems": len(problems), "forward_flops": spent}

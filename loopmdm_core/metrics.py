@@ -16,3 +16,18 @@ ALL = (TRAIN_LOSS, VAL_LOSS, VAL_PPL, FLOPS, TOKENS, LR, TOKENS_PER_S, MFU, TRAI
 INFER_VAL_LOSS = "infer/val_loss"  # step = n_loops used at inference
 INFER_FLOPS_PER_TOKEN = "infer/forward_flops_per_token"  # step = n_loops
 MASK_TO_MASK = "attn/mask_to_mask"  # step = position of the layer application in the unrolled stack (0-based)
+
+# Reasoning-task evaluation after training, one pair per inference loop schedule (logged at step 0):
+TASK_ACCURACY = "task/accuracy/"  # + schedule_key(spec): exact-match accuracy on the held-out problems
+TASK_FLOPS = "task/forward_flops_per_problem/"  # + schedule_key(spec): mean forward FLOPs of one answer
+TASK_PROBLEMS = "task/problems"  # how many problems each accuracy is over (for its binomial interval)
+
+
+def schedule_key(spec: str) -> str:
+    """A schedule string (schedules.py) as a metric-name suffix: MLflow names allow no ':' (on Windows) or ','."""
+    return spec.replace(":", "_").replace(",", "-")
+
+
+def schedule_from_key(key: str) -> str:
+    """Inverse of schedule_key: schedule strings contain no '_' or '-' of their own."""
+    return key.replace("_", ":").replace("-", ",")

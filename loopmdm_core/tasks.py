@@ -3,7 +3,8 @@
 `arithmetic` is a synthetic task small models learn on a CPU: multi-digit addition/subtraction problems made
 from a seed, split into train and test by a hash of the problem text (the splits never share a problem).
 `read_gsm8k` reads a GSM8K jsonl file ({"question", "answer"} with the answer ending in "#### N") when the user
-has one. `write_corpus` writes a task's train split as a jsonl corpus (data.corpus) to train or mix in.
+has one. A task is named by a spec string (data.task, infer.task.test): `arithmetic[:DIGITS]` or `gsm8k:PATH`;
+`problems` resolves it, `documents` gives its train problems as corpus documents to mix into training.
 """
 
 import hashlib
@@ -81,12 +82,31 @@ def read_gsm8k(path: str | Path) -> list[Problem]:
     return problems
 
 
-def write_corpus(problems: list[Problem], path: str | Path, per_document: int = 64) -> Path:
-    """The problems with their answers, one per line, `per_document` lines per jsonl document."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"{p.prompt}{p.answer}" for p in problems]
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(0, len(lines), per_document):
-            f.write(json.dumps({"text": "\n".join(lines[i:i + per_document])}) + "\n")
-    return path
+def parse_spec(spec: str) -> tuple[str, str]:
+    """("arithmetic", digits) or ("gsm8k", path); DataError naming the forms otherwise."""
+    name, _, arg = spec.partition(":")
+    if name == "arithmetic" and (not arg or (arg.isdigit() and 1 <= int(arg) <= 9)):
+        return name, arg or "2"
+    if name == "gsm8k" and arg:
+        return name, arg
+    raise DataError(f"task {spec!r}: expected arithmetic, arithmetic:DIGITS (1-9) or gsm8k:PATH.jsonl")
+
+
+def problems(spec: str, split: str, n: int, seed: int = 0) -> list[Problem]:
+    """`n` problems of the task's `split` (all of a GSM8K file when n is 0: the file is the split)."""
+    name, arg = parse_spec(spec)
+    if name == "arithmetic":
+        return arithmetic(n, split, digits=int(arg), seed=seed)
+    path = Path(arg).expanduser()
+    if not path.is_file():
+        raise DataError(f"task {spec!r}: {path} is not a file")
+    found = read_gsm8k(path)
+    return found[:n] if n else found
+
+
+def documents(spec: str, n: int) -> list[str]:
+    """The task's train problems with their answers, one per document: once tokenized an EOS follows every
+    answer, which is where a generated answer is cut (evaluate.task_accuracy)."""
+    return [f"{p.prompt}{p.answer}" for p in problems(spec, "train", n)]
+
+

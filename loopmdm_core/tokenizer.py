@@ -54,7 +54,10 @@ def train_bpe(texts, vocab_size: int, path: Path) -> Path:
     """Train a byte-level BPE of `vocab_size` ids (EOS included) on `texts`; write it atomically to `path`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits one by one (as LLaMA does): numbers keep one token per digit whatever the corpus, so arithmetic
+    # is learnable digit by digit and "1234" never becomes a token the model must memorise.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

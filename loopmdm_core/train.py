@@ -226,7 +226,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
         lr = lr_at(step, run.steps, cfg.train)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = data.train_batch(step, cfg.train.batch_size, cfg.train.seed).to(device, non_blocking=True)
+        x = data.train_batch(step, cfg.train.batch_size, cfg.train.seed)  # host: the masks are drawn there
         with autocast() if autocast else contextlib.nullcontext():
             loss = diffusion.elbo_loss(model, x, data.mask_id, step_generator(cfg.train.seed, step))
         loss.backward()

@@ -76,6 +76,7 @@ class Comparison:
     trials_used: int = 0
     loop_scaling: list[dict] = field(default_factory=list)  # per (label, budget): n_loops -> mean val loss
     attention: list[dict] = field(default_factory=list)  # per (label, budget): mean share per layer application
+    task: list[dict] = field(default_factory=list)  # per (label, budget, schedule): accuracy, FLOPs, compute saved
 
 
 def trial_curve(t: TrialRecord) -> iso.Curve:
@@ -133,7 +134,8 @@ def compare(data: SweepData) -> Comparison:
                     row.vs_depth_matched = summary
         rows.append(row)
     return Comparison(rows, _iso_rows(finished, groups), _extrapolations(finished, groups), len(finished),
-                      _inference_rows(by_cell, "loop_scaling"), _inference_rows(by_cell, "attention"))
+                      _inference_rows(by_cell, "loop_scaling"), _inference_rows(by_cell, "attention"),
+                      _task_rows(by_cell))
 
 
 def applied_layer_names(t: TrialRecord) -> list[str]:
@@ -162,6 +164,31 @@ def _inference_rows(by_cell, attr: str) -> list[dict]:
                                                                                         for t in having))]
             out.append({"label": label, "budget": budget, "seeds": len(having),
                         "layers": applied_layer_names(having[0])[:len(shares)], "share": shares})
+    return out
+
+
+def _task_rows(by_cell) -> list[dict]:
+    """Reasoning-task accuracy per (label, budget, schedule), pooled over seeds (Wilson interval over all their
+    problems), with mean forward FLOPs per problem; an adaptive schedule also gets the compute it saves against
+    the cheapest fixed loop count of the same models that is at least as accurate."""
+    out = []
+    for (label, budget), trials in sorted(by_cell.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        having = [t for t in trials if t.task and t.task_problems]
+        if not having:
+            continue
+        schedules = [s for s in having[0].task if all(s in t.task for t in having)]
+        rows = []
+        for sched in schedules:
+            correct = sum(round(t.task[sched][0] * t.task_problems) for t in having)
+            total = sum(t.task_problems for t in having)
+            rows.append({"label": label, "budget": budget, "schedule": sched, "seeds": len(having),
+                         "accuracy": iso.wilson(correct, total),
+                         "flops_per_problem": sum(t.task[sched][1] for t in having) / len(having)})
+        fixed = [(r["flops_per_problem"], r["accuracy"].mean) for r in rows if r["schedule"].startswith("fixed:")]
+        for r in rows:
+            r["compute_saved"] = None if r["schedule"].startswith("fixed:") else \
+                iso.compute_saved(fixed, r["flops_per_problem"], r["accuracy"].mean)
+        out += rows
     return out
 
 

@@ -173,3 +173,21 @@ def predicted_speedup(baseline: PowerLaw, variant: PowerLaw, at_flops: float) ->
     variant's trend never reaches the baseline's predicted loss."""
     needed = variant.flops_for(baseline.loss(at_flops))
     return None if needed is None else at_flops / needed
+
+
+def wilson(correct: int, total: int, z: float = 1.96) -> Interval:
+    """An accuracy (correct/total) with its Wilson score 95% interval: sound at 0 or 1 and for few problems."""
+    if total <= 0:
+        raise ValueError("wilson of no problems")
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), total)
+
+
+def compute_saved(fixed: list[tuple[float, float]], flops: float, accuracy: float) -> float | None:
+    """Share of inference compute an adaptive schedule saves at equal quality: 1 - its FLOPs over those of the
+    cheapest fixed loop count reaching at least its accuracy (`fixed`: (FLOPs, accuracy) pairs). Negative when
+    it costs more; None when no fixed count is as accurate."""
+    enough = [f for f, a in fixed if a >= accuracy]
+    return 1 - flops / min(enough) if enough else None

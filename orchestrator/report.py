@@ -84,6 +84,22 @@ def attention_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]
     return headers, rows
 
 
+def task_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Reasoning-task accuracy per loop schedule (95% Wilson interval over all seeds' problems), forward
+    GFLOPs per answer, and for adaptive schedules the compute saved against the cheapest fixed loop count that
+    is at least as accurate."""
+    headers = ["variant", "budget", "seeds", "schedule", "accuracy [95% CI]", "GFLOPs/answer",
+               "compute saved at equal accuracy"]
+
+    def saved(r):
+        if r["schedule"].startswith("fixed:"):
+            return ""
+        return "no fixed count as accurate" if r["compute_saved"] is None else f"{100 * r['compute_saved']:.0f}%"
+    rows = [[r["label"], f"{r['budget']:.3g}", str(r["seeds"]), r["schedule"], r["accuracy"].fmt(3),
+             f"{r['flops_per_problem'] / 1e9:.4f}", saved(r)] for r in comparison.task]
+    return headers, rows
+
+
 def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Path]:
     from dashboards import figures, html
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +109,8 @@ def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Pa
     md = out / "speedups.md"
     extra_tables = [(title, *make(comparison)) for title, make, present in (
         ("Validation loss vs inference loops", loop_scaling_table, comparison.loop_scaling),
-        ("Attention among masked positions", attention_table, comparison.attention)) if present]
+        ("Attention among masked positions", attention_table, comparison.attention),
+        ("Reasoning-task accuracy vs inference compute", task_table, comparison.task)) if present]
     md.write_text("\n".join(f"- {line}" for line in info) + "\n\n" + markdown(HEADERS, rows) + "\n" +
                   "".join(f"\n## {title}\n\n{markdown(h, r)}\n" for title, h, r in extra_tables))
     with open(out / "speedups.csv", "w", newline="") as f:
@@ -106,7 +123,10 @@ def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Pa
          "extrapolations": comparison.extrapolations,
          "inference_loop_scaling": [{**r, "val_loss": {k: v.mean for k, v in r["val_loss"].items()}}
                                     for r in comparison.loop_scaling],
-         "attention_mask_to_mask": [{**r, "share": [v.mean for v in r["share"]]} for r in comparison.attention]},
+         "attention_mask_to_mask": [{**r, "share": [v.mean for v in r["share"]]} for r in comparison.attention],
+         "task_accuracy": [{**r, "accuracy": {"mean": r["accuracy"].mean, "low": r["accuracy"].low,
+                                              "high": r["accuracy"].high, "problems": r["accuracy"].n}}
+                           for r in comparison.task]},
         indent=2))
     files += [md, out / "speedups.csv", out / "speedups.json"]
     pngs = [figures.loss_vs_flops(data, out / "loss_vs_flops.png"),
@@ -116,6 +136,8 @@ def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Pa
         pngs.append(figures.loss_vs_inference_loops(comparison, out / "loss_vs_inference_loops.png"))
     if comparison.attention:
         pngs.append(figures.attention_shares(comparison, out / "attention_shares.png"))
+    if comparison.task:
+        pngs.append(figures.accuracy_vs_inference_flops(comparison, out / "accuracy_vs_inference_flops.png"))
     files += pngs
     notes = "".join(f"<p class='note'>{html.html.escape(line)}</p>" for line in info)
     sections = [("Provenance", notes), ("Speedups", html.table(HEADERS, rows, "speedups"))]
@@ -166,7 +188,8 @@ def main(argv=None) -> int:
         print("\n" + line)
     for title, make, present in (("validation loss vs inference loops (* = trained count)", loop_scaling_table,
                                   comparison.loop_scaling),
-                                 ("attention among masked positions", attention_table, comparison.attention)):
+                                 ("attention among masked positions", attention_table, comparison.attention),
+                                 ("reasoning-task accuracy vs inference compute", task_table, comparison.task)):
         if present:
             print(f"\n{title}:\n" + markdown(*make(comparison)))
     print(f"\nreport: {out / 'index.html'} (and .md/.csv/.json/.png beside it"

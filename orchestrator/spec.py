@@ -13,9 +13,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loopmdm_core import flops
+from loopmdm_core import flops, schedules
 from loopmdm_core.config import RunConfig, flatten, from_dict, load_run_config, read_yaml
-from loopmdm_core.errors import ConfigError
+from loopmdm_core.errors import ConfigError, DataError
+from loopmdm_core.tasks import parse_spec
 from loopmdm_core.model import ModelConfig, depth_matched, same_size
 from loopmdm_core.train import RunPlan, plan
 
@@ -51,10 +52,22 @@ class Search:
 
 
 @dataclass(frozen=True)
+class TaskEval:
+    """Reasoning-task accuracy per inference loop schedule (evaluate.task_eval)."""
+    problems: int = 0  # held-out problems scored per schedule; 0 skips the task evaluation
+    test: str = ""  # "": the test split of base.data.task; else a task (arithmetic[:DIGITS], gsm8k:TEST.jsonl)
+    answer_tokens: int = 4  # tokens generated after each prompt
+    steps: int = 4  # sampling steps for those tokens
+    schedules: tuple[str, ...] = ()  # loop schedules (schedules.py); (): fixed 1..2x trained + adaptive ones
+
+
+@dataclass(frozen=True)
 class Infer:
-    """Evaluations after training: validation loss per inference loop count, attention among masked tokens."""
+    """Evaluations after training: validation loss per inference loop count, attention among masked tokens,
+    reasoning-task accuracy per loop schedule."""
     max_loops: int = 0  # score n_loops = 1..max_loops; 0: twice the trained count
     attention_t: float = 0.5  # mask ratio of the attention analysis; 0 skips it
+    task: TaskEval = field(default_factory=TaskEval)
 
 
 @dataclass(frozen=True)
@@ -221,6 +234,7 @@ def parse(data: dict, source: str = "") -> SweepSpec:
             infer = from_dict(Infer, data.pop("infer"), "infer")
             if infer.max_loops < 0 or not 0 <= infer.attention_t < 1:
                 problems.append("infer: max_loops must be >= 0 and attention_t in [0, 1)")
+            problems.extend(_task_eval_problems(infer.task))
         except ConfigError as e:
             problems.extend(e.problems)
     loops = _parse_loops(loops_raw, problems)
@@ -272,17 +286,42 @@ def parse(data: dict, source: str = "") -> SweepSpec:
         if n < 2:
             problems.append(f"{where}: n_loops must be >= 2 for a looped variant (n_loops=1 is the "
                             f"same_size baseline: list it under baselines)")
+    if infer and infer.task.problems and not infer.task.test and not base.data.task:
+        problems.append("infer.task.test: the base trains on no task (base.data.task is empty); set "
+                        "base.data.task (e.g. arithmetic) or name the test problems here")
     if problems:
         raise ConfigError(problems)
+    if infer and infer.task.test.startswith("gsm8k:"):
+        test = "gsm8k:" + str(Path(infer.task.test[6:]).expanduser().resolve())
+        infer = dataclasses.replace(infer, task=dataclasses.replace(infer.task, test=test))
     return dataclasses.replace(spec, base=_absolute_paths(base), loops=tuple(c for c, _ in loops), search=search,
                                infer=infer, source=source)
+
+
+def _task_eval_problems(task: TaskEval) -> list[str]:
+    p = []
+    if task.problems < 0 or task.answer_tokens < 1 or task.steps < 1:
+        p.append("infer.task: problems must be >= 0, answer_tokens and steps >= 1")
+    for i, sched in enumerate(task.schedules):
+        try:
+            schedules.parse(sched)
+        except ConfigError as e:
+            p.append(f"infer.task.schedules[{i}]: {e}")
+    if task.test:
+        try:
+            parse_spec(task.test)
+        except DataError as e:
+            p.append(f"infer.task.test: {e}")
+    return p
 
 
 def _absolute_paths(base: RunConfig) -> RunConfig:
     """Local paths of the base resolved against the driver's working directory: Ray runs trials elsewhere."""
     data = base.data
-    if ":" not in data.corpus.split("/")[0]:  # not builtin:... or hf:...
+    if ":" not in data.corpus.split("/")[0] and data.corpus != "none":  # not builtin:... or hf:...
         data = dataclasses.replace(data, corpus=str(Path(data.corpus).expanduser().resolve()))
+    if data.task.startswith("gsm8k:"):
+        data = dataclasses.replace(data, task="gsm8k:" + str(Path(data.task[6:]).expanduser().resolve()))
     if data.cache_dir:
         data = dataclasses.replace(data, cache_dir=str(Path(data.cache_dir).expanduser().resolve()))
     return dataclasses.replace(base, data=data)

@@ -24,6 +24,8 @@ class TrialRecord:
     error: str = ""
     loop_scaling: dict[int, float] = field(default_factory=dict)  # n_loops at inference -> val loss
     attention: list[float] = field(default_factory=list)  # mask->mask share per layer application, in order
+    task: dict[str, tuple[float, float]] = field(default_factory=dict)  # schedule -> (accuracy, FLOPs/problem)
+    task_problems: int = 0  # problems behind each task accuracy
 
     @property
     def variant(self) -> str:
@@ -79,6 +81,15 @@ def _latest_sweep(client: MlflowClient, experiment: str | None):
     return runs[0]
 
 
+def _task_results(values: dict) -> dict[str, tuple[float, float]]:
+    out = {}
+    for key, accuracy in values.items():
+        if key.startswith(metrics.TASK_ACCURACY):
+            suffix = key[len(metrics.TASK_ACCURACY):]
+            out[metrics.schedule_from_key(suffix)] = (accuracy, values.get(metrics.TASK_FLOPS + suffix, float("nan")))
+    return out
+
+
 def load(tracking_uri: str, experiment: str | None = None, sweep_run: str | None = None) -> SweepData:
     client = tracking.check_store(tracking_uri)
     if sweep_run:
@@ -105,5 +116,7 @@ def load(tracking_uri: str, experiment: str | None = None, sweep_run: str | None
         if metrics.MASK_TO_MASK in run.data.metrics:
             history = client.get_metric_history(run.info.run_id, metrics.MASK_TO_MASK)
             record.attention = [m.value for m in sorted(history, key=lambda m: m.step)]
+        record.task = _task_results(run.data.metrics)
+        record.task_problems = int(run.data.metrics.get(metrics.TASK_PROBLEMS, 0))
         trials.append(record)
     return SweepData(exp_name, parent.info.run_id, parent.info.status, tracking_uri, trials)

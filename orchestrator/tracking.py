@@ -161,10 +161,13 @@ class TrialLogger:
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
-    def log_series(self, key: str, points: list[tuple[int, float]]):
-        """A curve whose step is not an optimizer step (e.g. loss per inference loop count), in one batch."""
+    def log_series(self, series: dict[str, list[tuple[int, float]]]):
+        """Curves whose step is not an optimizer step (e.g. loss per inference loop count), in one batch."""
         now_ms = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(key, float(v), now_ms, int(s)) for s, v in points])
+        batch = [Metric(key, float(v), now_ms, int(s)) for key, points in series.items() for s, v in points]
+        if len(batch) > 1000:
+            raise ValueError(f"{len(batch)} metrics: more than one log_batch call takes")
+        self.client.log_batch(self.run_id, metrics=batch)
 
     def flush(self):
         for i in range(0, len(self._buffer), 1000):  # log_batch takes at most 1000 metrics per call

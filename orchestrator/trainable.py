@@ -41,21 +41,31 @@ def _restore_checkpoint(root: Path):
 
 
 def _log_inference(logger: tracking.TrialLogger, cfg, root: Path, infer: dict):
-    """Score the trained weights at each inference loop count and measure attention among masked tokens; log
-    both (once: a resumed trial whose run holds them already skips this) and keep the rows as an artifact."""
+    """Score the trained weights at each inference loop count, measure attention among masked tokens, and
+    (when asked) reasoning-task accuracy per loop schedule; log it all (once: a resumed trial whose run holds
+    it already skips this) and keep the rows as an artifact."""
     from loopmdm_core.checkpoint import load_model
     from loopmdm_core.data import load_token_data
-    from loopmdm_core.evaluate import inference_eval
+    from loopmdm_core.evaluate import inference_eval, task_eval
     if logger.client.get_metric_history(logger.run_id, metrics.INFER_VAL_LOSS):
         return
     model, _ = load_model(root, device=pick_device(cfg.train.device))
-    out = inference_eval(model, load_token_data(cfg.data), cfg, infer["max_loops"], infer["attention_t"])
-    logger.log_series(metrics.INFER_VAL_LOSS, [(r["n_loops"], r["val_loss"]) for r in out["loop_scaling"]])
-    logger.log_series(metrics.INFER_FLOPS_PER_TOKEN,
-                      [(r["n_loops"], r["forward_flops_per_token"]) for r in out["loop_scaling"]])
+    data = load_token_data(cfg.data)
+    out = inference_eval(model, data, cfg, infer["max_loops"], infer["attention_t"])
+    task = infer["task"]
+    series = {metrics.INFER_VAL_LOSS: [(r["n_loops"], r["val_loss"]) for r in out["loop_scaling"]],
+              metrics.INFER_FLOPS_PER_TOKEN: [(r["n_loops"], r["forward_flops_per_token"]) for r in out["loop_scaling"]]}
     if "attention" in out:
-        logger.log_series(metrics.MASK_TO_MASK, [(i, r["mask_to_mask_share"]) for i, r in enumerate(out["attention"])])
+        series[metrics.MASK_TO_MASK] = [(i, r["mask_to_mask_share"]) for i, r in enumerate(out["attention"])]
+    if task["problems"]:
+        out["task"] = task_eval(model, data, cfg, task["test"], task["problems"], task["answer_tokens"],
+                                task["steps"], task["schedules"])
+        for row in out["task"]:
+            series[metrics.TASK_ACCURACY + metrics.schedule_key(row["schedule"])] = [(0, row["accuracy"])]
+            series[metrics.TASK_FLOPS + metrics.schedule_key(row["schedule"])] = [(0, row["forward_flops_per_problem"])]
+        series[metrics.TASK_PROBLEMS] = [(0, out["task"][0]["problems"])]
     logger.client.log_text(logger.run_id, json.dumps(out, indent=2), "inference.json")
+    logger.log_series(series)  # one batch, one transaction: a retried trial finds all of it or none
 
 
 def run_trial(space: dict):

@@ -90,3 +90,20 @@ def test_power_law_fit_recovers_parameters_and_predicts():
 def test_iso_curve_from_budget_finals():
     c = iso.iso_curve([(2e12, 3.0), (1e12, 3.5), (4e12, 2.8)])
     assert list(c.flops) == [1e12, 2e12, 4e12] and math.isclose(c.final_loss, 2.8)
+
+
+def test_wilson_interval_matches_known_values():
+    # Reference values: Wilson (1927) score interval, z = 1.96 (as given by statsmodels' proportion_confint).
+    i = iso.wilson(5, 10)
+    assert (i.mean, round(i.low, 4), round(i.high, 4)) == (0.5, 0.2366, 0.7634)
+    i = iso.wilson(0, 20)
+    assert i.low == 0.0 and round(i.high, 4) == 0.1611
+    assert iso.wilson(20, 20).high == 1.0 and round(iso.wilson(20, 20).low, 4) == 0.8389
+
+
+def test_compute_saved_against_the_cheapest_fixed_count_as_accurate():
+    fixed = [(1.0, 0.2), (2.0, 0.4), (3.0, 0.5)]
+    assert iso.compute_saved(fixed, 1.5, 0.4) == pytest.approx(0.25)
+    assert iso.compute_saved(fixed, 1.5, 0.3) == pytest.approx(0.25)  # fixed:2 is the cheapest at >= 0.3
+    assert iso.compute_saved(fixed, 4.0, 0.45) == pytest.approx(-1 / 3)  # costs more than fixed:3
+    assert iso.compute_saved(fixed, 1.0, 0.6) is None  # more accurate than any fixed count

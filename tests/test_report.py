@@ -148,3 +148,14 @@ def test_inference_sections(store, tmp_path, capsys):
     assert (out / "loss_vs_inference_loops.png").stat().st_size > 1000
     assert (out / "attention_shares.png").stat().st_size > 1000
     assert "Attention among masked positions" in (out / "index.html").read_text()
+    # Task accuracy per schedule, pooled over seeds; the ramp saves 25% against the cheapest fixed count as
+    # accurate (fixed:2, 2 GFLOPs), and fixed counts past the trained one buy nothing.
+    assert "reasoning-task accuracy vs inference compute" in printed
+    task = {(r["label"], r["schedule"]): r for r in data["task_accuracy"]}
+    ramp = task[("loop[1,3)x2", "ramp:4:1")]
+    assert ramp["accuracy"]["mean"] == pytest.approx(0.2) and ramp["accuracy"]["problems"] == 200
+    assert ramp["compute_saved"] == pytest.approx(0.25) and ramp["flops_per_problem"] == 1.5e9
+    assert task[("loop[1,3)x2", "fixed:4")]["compute_saved"] is None
+    assert ("same_size(4L)", "ramp:2:1") not in task and task[("same_size(4L)", "fixed:2")]["accuracy"]["mean"] == 0.1
+    assert "| loop[1,3)x2 | 1e+12 | 2 | ramp:4:1 | 0.200 [0.150, 0.261] | 1.5000 | 25% |" in printed
+    assert (out / "accuracy_vs_inference_flops.png").stat().st_size > 1000

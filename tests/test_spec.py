@@ -85,6 +85,13 @@ BAD = [
     ({"infer": {"max_loop": 4}}, "infer.max_loop: unknown key; did you mean 'infer.max_loops'?"),
     ({"infer": {"attention_t": 1.5}}, "infer: max_loops must be >= 0 and attention_t in [0, 1)"),
     ({"search": {"params": {"train.lr": {"distribution": "loguniform", "low": 0, "high": 1e-2}}}}, "loguniform needs low > 0"),
+    ({"infer": {"task": {"problems": 10}}}, "infer.task.test: the base trains on no task"),
+    ({"infer": {"task": {"problems": 10, "test": "algebra"}}}, "infer.task.test: task 'algebra': expected arithmetic"),
+    ({"infer": {"task": {"problems": 10, "test": "arithmetic", "schedules": ["fixed:2", "ramp:x"]}}},
+     "infer.task.schedules[1]:"),
+    ({"infer": {"task": {"problems": 10, "test": "arithmetic", "steps": 0}}}, "answer_tokens and steps >= 1"),
+    ({"base": {**BASE, "data": {"task": "arithmetic:12"}}}, "data.task 'arithmetic:12'"),
+    ({"base": {**BASE, "data": {"corpus": "none"}}}, "data.corpus: none needs data.task"),
 ]
 
 
@@ -131,3 +138,7 @@ def test_local_paths_become_absolute(tmp_path, monkeypatch):
     assert spec.base.data.corpus == str(tmp_path / "corpus" / "my.jsonl")
     assert spec.base.data.cache_dir == str(tmp_path / "cache")
     assert sweep().base.data.corpus == "builtin:shakespeare"
+    spec = sweep(base={**BASE, "data": {"corpus": "none", "task": "gsm8k:train.jsonl"}},
+                 infer={"task": {"problems": 5, "test": "gsm8k:~/test.jsonl"}})
+    assert spec.base.data.corpus == "none" and spec.base.data.task == f"gsm8k:{tmp_path / 'train.jsonl'}"
+    assert spec.infer.task.test == f"gsm8k:{Path.home() / 'test.jsonl'}"

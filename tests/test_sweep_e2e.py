@@ -67,7 +67,9 @@ def histories(client, run) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_sweep_logs_runs_tags_and_metrics(tmp_path, tiny_corpus, cache_dir):
-    sweep = write_sweep(tmp_path, tiny_corpus, cache_dir, "e2e", infer={"max_loops": 3, "attention_t": 0.5})
+    sweep = write_sweep(tmp_path, tiny_corpus, cache_dir, "e2e", infer={
+        "max_loops": 3, "attention_t": 0.5, "task": {"problems": 3, "test": "arithmetic", "answer_tokens": 3,
+                                                      "steps": 2, "schedules": ["fixed:1", "fixed:2", "ramp:2:1"]}})
     out = finish(start_sweep(sweep, tmp_path))
     assert "3 finished, 0 failed" in out, out
     client, parents, trials = runs_of(tmp_path, "e2e")
@@ -92,6 +94,10 @@ def test_sweep_logs_runs_tags_and_metrics(tmp_path, tiny_corpus, cache_dir):
         assert [s for s, _ in h["val/loss"]] == [round(steps / 2), steps]
         assert [s for s, _ in h["infer/val_loss"]] == [1, 2, 3]  # loss per inference loop count, once each
         assert len(h["attn/mask_to_mask"]) == int(run.data.params["derived.applied_layers"])
+        for key in ("task/accuracy/fixed_1", "task/accuracy/fixed_2", "task/accuracy/ramp_2_1"):
+            assert len(h[key]) == 1 and h[key][0][1] in (0, 1 / 3, 2 / 3, 1)  # of 3 problems
+        flops = [h[f"task/forward_flops_per_problem/{s}"][0][1] for s in ("fixed_1", "ramp_2_1", "fixed_2")]
+        assert 0 < flops[0] <= flops[1] <= flops[2]
     check_report(tmp_path)
 
 
@@ -125,9 +131,11 @@ def check_report(cwd: Path):
     profile = cwd / "chromium-profile"
     dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
-    assert "loop[1,2)x2" in dom and dom.count("data:image/png;base64,") == 5  # + inference loops, attention
+    assert "loop[1,2)x2" in dom and dom.count("data:image/png;base64,") == 6  # + inference loops, attention, task
     assert "Validation loss vs inference loops" in dom and "Attention among masked positions" in dom
-    assert dom.count("<tr>") == 4 + 4 + 4  # speedups, loop scaling and attention tables: header + 3 rows each
+    assert "Reasoning-task accuracy vs inference compute" in dom
+    # speedups, loop scaling and attention tables: header + 3 rows each; task: header + 3 schedules x 3 variants
+    assert dom.count("<tr>") == 4 + 4 + 4 + 10
     shot = cwd / "shot.png"
     subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,1600",
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)

@@ -1,4 +1,5 @@
 import json
+from dataclasses import astuple
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_arithmetic_is_seeded_correct_and_split_disjoint():
         tasks.arithmetic(10_000, "test", digits=1)
 
 
-def test_gsm8k_reader_and_corpus_writer(tmp_path):
+def test_gsm8k_reader_and_task_specs(tmp_path):
     path = tmp_path / "gsm8k.jsonl"
     path.write_text(json.dumps({"question": "Tom has 3 apples and buys 1,200 more. How many?",
                                 "answer": "3 + 1200 = 1203\n#### 1,203"}) + "\n")
@@ -36,9 +37,32 @@ def test_gsm8k_reader_and_corpus_writer(tmp_path):
     bad.write_text('{"q": 1}\n')
     with pytest.raises(DataError, match="bad.jsonl:1"):
         tasks.read_gsm8k(bad)
-    corpus = tasks.write_corpus(tasks.arithmetic(130, "train"), tmp_path / "arith.jsonl", per_document=64)
-    docs = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
-    assert len(docs) == 3 and docs[0].count("\n") == 63
+    assert tasks.problems(f"gsm8k:{path}", "test", 0) == [p]
+    assert tasks.documents("arithmetic:3", 5)[0] == "{}{}".format(*astuple(tasks.arithmetic(1, "train", digits=3)[0]))
+    for bad in ("arithmetic:0", "arithmetic:x", "gsm8k", "gsm8k:", "sudoku"):
+        with pytest.raises(DataError, match="expected arithmetic"):
+            tasks.parse_spec(bad)
+    with pytest.raises(DataError, match="is not a file"):
+        tasks.problems(f"gsm8k:{tmp_path / 'none.jsonl'}", "test", 0)
+
+
+def test_task_mixed_into_the_corpus(tiny_config):
+    """data.task adds one document per train problem (answers included, test problems never); corpus none
+    trains on the task alone. Digits are single tokens, so numbers are learnable digit by digit."""
+    from loopmdm_core.data import load_token_data
+    plain = load_token_data(tiny_config().data)
+    mixed = load_token_data(tiny_config(data={"task": "arithmetic", "task_problems": 400}).data)
+    alone = load_token_data(tiny_config(data={"corpus": "none", "task": "arithmetic", "task_problems": 400}).data)
+    assert len({plain.path, mixed.path, alone.path}) == 3  # each its own cache entry
+    docs = mixed.meta["documents"]
+    assert docs["train"] + docs["val"] == plain.meta["documents"]["train"] + plain.meta["documents"]["val"] + 400
+    assert alone.meta["documents"]["train"] + alone.meta["documents"]["val"] == 400
+    text = alone.tokenizer.decode(alone.train.gather(range(len(alone.train))).reshape(-1).tolist())
+    train_prompts = {p.prompt for p in tasks.arithmetic(400, "train")}
+    assert sum(p.prompt + p.answer in text for p in tasks.arithmetic(400, "train")) > 300  # rows cut the rest
+    assert not any(p.prompt in train_prompts for p in tasks.arithmetic(100, "test"))
+    ids = alone.tokenizer.encode_batch(["12+345=357"])[0]
+    assert [alone.tokenizer.decode([i]) for i in ids] == list("12+345=357")
 
 
 def test_task_accuracy_pipeline_counts_flops(tmp_path):
