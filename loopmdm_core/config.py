@@ -73,6 +73,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False  # torch.compile the transformer blocks (CUDA)
+    checkpoint_loops: bool = False  # recompute each pass of the looped block in backward: less memory, more time
     log_every: int = 10  # steps between train-loss/throughput metrics
     checkpoint_every: int = 0  # steps between checkpoints; 0: at every evaluation
     peak_flops: float = 0.0  # FLOP/s for MFU; 0: the card's datasheet bf16 peak, else a measured matmul peak

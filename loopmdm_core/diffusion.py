@@ -55,9 +55,12 @@ class NoisedBatch:
 
 
 def noise_batch(x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator,
-                pad_to: int = 1) -> NoisedBatch:
-    """Draw the masks of `x` (on the host, from `generator`: the same masks on any device) at ratios `t`."""
+                pad_to: int = 1, rows: slice = slice(None)) -> NoisedBatch:
+    """Draw the masks of `x` (on the host, from `generator`: the same masks on any device) at ratios `t`, and
+    keep `rows` of the batch: a data-parallel rank draws the whole batch's masks and keeps its share, so any
+    number of ranks trains on exactly the masks one process would."""
     xt, masked = mask_tokens(x, t, mask_id, generator)
+    x, t, xt, masked = x[rows], t[rows], xt[rows], masked[rows]
     flat = masked.reshape(-1).nonzero().squeeze(1)
     n = len(flat)
     size = max(pad_to, -(-n // pad_to) * pad_to)
@@ -69,17 +72,19 @@ def noise_batch(x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch
 
 
 def weighted_ce_sum(model, batch: NoisedBatch, n_loops: int | None = None) -> torch.Tensor:
-    """Sum over the masked positions of CE / t (fp32). The head runs on the masked positions only."""
+    """Sum over the masked positions of CE / t (fp32). The head runs on the masked positions only.
+    `model` may be wrapped (DistributedDataParallel): the head is read from the module inside."""
     hidden = model(batch.xt, n_loops=n_loops)
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.index)
-    return linear_cross_entropy(h, model.head.weight, batch.targets, batch.weight)
+    head = getattr(model, "module", model).head.weight
+    return linear_cross_entropy(h, head, batch.targets, batch.weight)
 
 
 def elbo_loss(model, x: torch.Tensor, mask_id: int, generator: torch.Generator,
-              n_loops: int | None = None, pad_to: int = 1) -> torch.Tensor:
+              n_loops: int | None = None, pad_to: int = 1, rows: slice = slice(None)) -> torch.Tensor:
     """Training loss of clean tokens `x` (host tensor; moved to the model's device here): sum over masked
-    positions of CE/t, divided by the number of tokens in the batch."""
-    batch = noise_batch(x, antithetic_t(x.shape[0], generator), mask_id, generator, pad_to)
+    positions of CE/t, divided by the number of tokens in the batch (in `rows` of it, for one rank's share)."""
+    batch = noise_batch(x, antithetic_t(x.shape[0], generator), mask_id, generator, pad_to, rows)
     batch = batch.to(next(model.parameters()).device)
     return weighted_ce_sum(model, batch, n_loops) / batch.n_tokens
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .attention import BACKENDS, attend
 
@@ -164,6 +165,7 @@ class LoopMDM(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         self._rope: dict = {}
+        self.checkpoint_loops = False  # set by the trainer (train.checkpoint_loops)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -198,12 +200,29 @@ class LoopMDM(nn.Module):
         return list(range(cfg.loop_start)) + looped * n + list(range(cfg.loop_end, cfg.n_layers))
 
     def forward(self, idx: torch.Tensor, n_loops: int | None = None) -> torch.Tensor:
-        """Final normed hidden states (batch, seq, d_model). `n_loops` overrides the config for this call."""
+        """Final normed hidden states (batch, seq, d_model). `n_loops` overrides the config for this call.
+        With `checkpoint_loops` set (train.checkpoint_loops) and gradients on, each pass through the looped
+        block keeps only its input and recomputes the rest in backward: activation memory of the looped block
+        stops growing with the loop count, for about one extra forward of it."""
+        cfg, n = self.cfg, self.cfg.n_loops if n_loops is None else n_loops
         cos, sin = self._rope_for(idx.shape[1], idx.device)
         x = self.embed(idx)
-        for i in self.layer_schedule(n_loops):
+        if not (self.checkpoint_loops and torch.is_grad_enabled() and n > 1):
+            for i in self.layer_schedule(n):
+                x = self.layers[i](x, cos, sin)
+            return self.norm(x)
+        for i in range(cfg.loop_start):
+            x = self.layers[i](x, cos, sin)
+        for _ in range(n):
+            x = torch.utils.checkpoint.checkpoint(self._looped_block, x, cos, sin, use_reentrant=False)
+        for i in range(cfg.loop_end, cfg.n_layers):
             x = self.layers[i](x, cos, sin)
         return self.norm(x)
+
+    def _looped_block(self, x, cos, sin):
+        for i in range(self.cfg.loop_start, self.cfg.loop_end):
+            x = self.layers[i](x, cos, sin)
+        return x
 
     @torch.no_grad()
     def forward_until_converged(self, idx: torch.Tensor, tol: float, min_loops: int, max_loops: int):

@@ -66,6 +66,35 @@ def arithmetic(n: int, split: str, digits: int = 2, seed: int = 0, test_fraction
                     f"(about {space} exist); ask for fewer")
 
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def chains(n: int, split: str, hops: int = 2, seed: int = 0, test_fraction: float = 0.2) -> list[Problem]:
+    """`n` distinct variable-chasing problems: two chains of `hops` assignments ("a=3;b=a" ...), statements
+    shuffled, then a query of one chain's last variable, e.g. "d=c;a=3;c=5;b=a;b?" -> "3". Each hop is one
+    more lookup, so depth (or loops) is what solving longer chains takes. Split by a hash, like arithmetic."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    rng, seen, out = random.Random(seed), set(), []
+    for _ in range(50 * n):
+        names = rng.sample(LETTERS, 2 * (hops + 1))
+        values = rng.sample("0123456789", 2)
+        statements = []
+        for chain, value in zip((names[:hops + 1], names[hops + 1:]), values):
+            statements.append(f"{chain[0]}={value}")
+            statements += [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
+        rng.shuffle(statements)
+        which = rng.randrange(2)
+        prompt = ";".join(statements) + f";{names[which * (hops + 1) + hops]}?"
+        if prompt in seen or _split_of(prompt, test_fraction) != split:
+            continue
+        seen.add(prompt)
+        out.append(Problem(prompt, values[which]))
+        if len(out) == n:
+            return out
+    raise DataError(f"chains: only {len(out)} distinct {split} problems found; ask for fewer")
+
+
 def read_gsm8k(path: str | Path) -> list[Problem]:
     problems = []
     with open(path, encoding="utf-8") as f:
@@ -83,13 +112,13 @@ def read_gsm8k(path: str | Path) -> list[Problem]:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """("arithmetic", digits) or ("gsm8k", path); DataError naming the forms otherwise."""
+    """("arithmetic", digits), ("chains", hops) or ("gsm8k", path); DataError naming the forms otherwise."""
     name, _, arg = spec.partition(":")
-    if name == "arithmetic" and (not arg or (arg.isdigit() and 1 <= int(arg) <= 9)):
+    if name in ("arithmetic", "chains") and (not arg or (arg.isdigit() and 1 <= int(arg) <= 9)):
         return name, arg or "2"
     if name == "gsm8k" and arg:
         return name, arg
-    raise DataError(f"task {spec!r}: expected arithmetic, arithmetic:DIGITS (1-9) or gsm8k:PATH.jsonl")
+    raise DataError(f"task {spec!r}: expected arithmetic[:DIGITS], chains[:HOPS] (1-9) or gsm8k:PATH.jsonl")
 
 
 def problems(spec: str, split: str, n: int, seed: int = 0) -> list[Problem]:
@@ -97,6 +126,8 @@ def problems(spec: str, split: str, n: int, seed: int = 0) -> list[Problem]:
     name, arg = parse_spec(spec)
     if name == "arithmetic":
         return arithmetic(n, split, digits=int(arg), seed=seed)
+    if name == "chains":
+        return chains(n, split, hops=int(arg), seed=seed)
     path = Path(arg).expanduser()
     if not path.is_file():
         raise DataError(f"task {spec!r}: {path} is not a file")

@@ -3,7 +3,9 @@
 train(run_config, sink, checkpoint_dir) knows nothing of Ray or MLflow: it reports `sink(step, metrics)` with
 the names of metrics.py and writes checkpoints a caller may ship elsewhere (on_checkpoint). Everything random
 is a function of (seed, step) (batches, mask ratios, masks), so a run resumed from a checkpoint ends with the
-same weights and metrics as one never stopped.
+same weights and metrics as one never stopped. Under distributed.launch the same code trains data-parallel:
+every rank draws the whole batch and its masks and keeps its share of the rows, so n ranks compute the
+gradient one process would; FLOPs and tokens are counted for the whole batch, over all ranks.
 """
 
 import contextlib
@@ -18,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from . import checkpoint, diffusion, flops, metrics
+from . import checkpoint, diffusion, distributed, flops, metrics
 from .attention import resolve_backend
 from .config import RunConfig, load_run_config
 from .errors import CheckpointError, ConfigError, DataError, LoopMDMError
@@ -93,7 +95,7 @@ class TrainResult:
 
 
 # Settings that change how a run is executed or reported, not what it computes: a resume may change them.
-RESUMABLE_CHANGES = {"train.device", "train.compile", "train.log_every", "train.checkpoint_every", "train.peak_flops",
+RESUMABLE_CHANGES = {"train.device", "train.compile", "train.checkpoint_loops", "train.log_every", "train.checkpoint_every", "train.peak_flops",
                      "data.cache_dir"}
 
 
@@ -165,6 +167,46 @@ def build_optimizer(model: LoopMDM, cfg: RunConfig, device: torch.device) -> tor
                              fused=device.type == "cuda")
 
 
+class TrainStep:
+    """One optimizer step exactly as train() runs it; benchmarks/throughput.py times this same object.
+
+    The step never waits for the device: masks are drawn on the host and copied from pinned memory
+    (diffusion.NoisedBatch), the head and cross-entropy run on the masked positions only in chunks, AdamW is
+    fused, and the loss comes back as a device tensor that the caller reads only when it logs.
+    """
+
+    def __init__(self, model: LoopMDM, cfg: RunConfig, device: torch.device, mask_token: int):
+        self.cfg, self.mask_token = cfg, mask_token
+        self.optimizer = build_optimizer(model, cfg, device)
+        self.autocast = autocast_for(device, cfg.train.dtype)
+        self.pad_to = 256 if device.type == "cuda" else 1  # few distinct shapes for the allocator to reuse
+        model.checkpoint_loops = cfg.train.checkpoint_loops
+        if cfg.train.compile:
+            for layer in model.layers:
+                layer.compile()  # per block: the loop reuses one compiled graph whatever n_loops is
+        rank, world = distributed.rank_and_world()
+        share = cfg.train.batch_size // world  # train() checked it divides
+        self.rows = slice(rank * share, (rank + 1) * share)
+        self.model = model
+        if world > 1:  # gradients averaged over ranks = the gradient of the whole batch's mean loss
+            from torch.nn.parallel import DistributedDataParallel
+            self.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def __call__(self, step: int, x: torch.Tensor, lr: float) -> torch.Tensor:
+        """Train on the host batch `x` (its masks from the step's own RNG) at learning rate `lr`."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast() if self.autocast else contextlib.nullcontext():
+            loss = diffusion.elbo_loss(self.model, x, self.mask_token, step_generator(self.cfg.train.seed, step),
+                                       pad_to=self.pad_to, rows=self.rows)
+        loss.backward()
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
 def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir: str | Path | None = None,
           on_checkpoint: Callable[[int, Path], None] | None = None) -> TrainResult:
     """Train one run. Resumes from the newest intact checkpoint in `checkpoint_dir` if there is one.
@@ -183,7 +225,17 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     if resume:
         check_same_run(resume, cfg)
 
+    rank, world = distributed.rank_and_world()
+    if cfg.train.batch_size % world:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split over {world} data-parallel "
+                          f"workers; use a multiple of {world}")
     device = pick_device(cfg.train.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (distributed.launch)
+    if rank:  # ranks past 0 train in lockstep and report nothing; rank 0 alone logs and writes checkpoints
+        sink, on_checkpoint, writes = (lambda step, values: None), None, False
+    else:
+        writes = checkpoint_dir is not None
     from .data import load_token_data  # imports `datasets`; kept off the package import path
     data = load_token_data(cfg.data)
     if len(data.train) < cfg.train.batch_size:
@@ -195,17 +247,15 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     model = LoopMDM(cfg.model).to(device)
     backend = resolve_backend(cfg.model.attention, device)
     model.set_attention_backend(backend)
-    optimizer = build_optimizer(model, cfg, device)
+    train_step = TrainStep(model, cfg, device, data.mask_id)
+    optimizer = train_step.optimizer
     start, loss_sum, loss_count, train_seconds = 0, 0.0, 0, 0.0
     if resume:
         checkpoint.restore(resume, model, optimizer)
         start, loss_sum, loss_count = resume.step, resume.state["loss_sum"], resume.state["loss_count"]
         train_seconds = resume.state["train_seconds"]
         log.info("resumed from %s (step %d of %d)", resume.path, start, run.steps)
-    if cfg.train.compile:
-        for layer in model.layers:
-            layer.compile()  # per block: the loop reuses one compiled graph whatever n_loops is
-    autocast = autocast_for(device, cfg.train.dtype)
+    autocast = train_step.autocast
     peak = peak_flops(cfg.train.peak_flops, device)
     log.info("run: %d params, %d steps x %.3g FLOPs, attention %s, device %s",
              run.params, run.steps, run.flops_per_step, backend, device)
@@ -224,22 +274,15 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     model.train()
     for step in range(start, run.steps):
         lr = lr_at(step, run.steps, cfg.train)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x = data.train_batch(step, cfg.train.batch_size, cfg.train.seed)  # host: the masks are drawn there
-        with autocast() if autocast else contextlib.nullcontext():
-            loss = diffusion.elbo_loss(model, x, data.mask_id, step_generator(cfg.train.seed, step))
-        loss.backward()
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_acc += loss.detach()
+        loss_acc += train_step(step, data.train_batch(step, cfg.train.batch_size, cfg.train.seed), lr)
         window_steps += 1
         done = step + 1
 
         if done % cfg.train.log_every and done not in evals and done not in ckpts:
             continue
+        if world > 1:
+            torch.distributed.all_reduce(loss_acc)
+            loss_acc /= world
         loss_sum, loss_count = loss_sum + loss_acc.item(), loss_count + window_steps  # .item() syncs the device
         elapsed = time.perf_counter() - window_start
         train_seconds += elapsed
@@ -253,14 +296,14 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
                 raise TrainingDiverged(f"training loss is {train_loss} at step {done}; lower train.lr or check data")
             values[metrics.TRAIN_LOSS] = train_loss
             values[metrics.TOKENS_PER_S] = window_steps * run.tokens_per_step / elapsed
-            values[metrics.MFU] = window_steps * run.flops_per_step / elapsed / peak
+            values[metrics.MFU] = window_steps * run.flops_per_step / elapsed / (peak * world)
             values[metrics.TRAIN_SECONDS] = train_seconds
             loss_sum, loss_count = 0.0, 0
         if done in evals:
             val_loss = evaluate()
             values[metrics.VAL_LOSS], values[metrics.VAL_PPL] = val_loss, diffusion.perplexity(val_loss)
         sink(done, values)  # before the checkpoint: a crash in between re-reports this step, never loses it
-        if done in ckpts and checkpoint_dir is not None:
+        if done in ckpts and writes:
             path = checkpoint.save(checkpoint_dir, done, model, optimizer,
                                    {"loss_sum": loss_sum, "loss_count": loss_count, "train_seconds": train_seconds,
                                     "config": cfg.to_dict()})

@@ -94,3 +94,24 @@ def test_interrupted_write_leaves_no_checkpoint(tiny_config, tmp_path):
 def test_vocab_too_small_is_a_config_error(tiny_config):
     with pytest.raises(ConfigError, match="model.vocab_size"):
         plan(tiny_config(model={"vocab_size": 320}))
+
+
+def test_two_data_parallel_workers_follow_one_worker(tiny_config, tmp_path):
+    """2 gloo ranks with the same global batch: the same loss curve as one process (to float reduction order),
+    the whole batch's FLOPs and tokens in the metrics, and checkpoints written by rank 0 alone."""
+    from loopmdm_core import distributed
+    cfg = tiny_config(train={"batch_size": 8, "log_every": 2})
+    one, two = {}, {}
+    train(cfg, sink=lambda step, values: one.update({step: values}))
+    out = distributed.launch(2, train, (cfg,), {"sink": lambda step, values: two.update({step: values}),
+                                                "checkpoint_dir": tmp_path / "ckpt"}, use_cuda=False)
+    assert sorted(one) == sorted(two)
+    for step in one:
+        assert two[step]["flops"] == one[step]["flops"] and two[step]["tokens"] == one[step]["tokens"]
+        for key in ("train/loss", "val/loss"):
+            if key in one[step]:
+                assert abs(two[step][key] - one[step][key]) < 1e-4 * abs(one[step][key]), (step, key)
+    assert out.val_loss == pytest.approx(one[max(one)]["val/loss"], rel=1e-4)
+    assert len(list((tmp_path / "ckpt").iterdir())) >= 1
+    with pytest.raises(ConfigError, match="does not split over 2"):  # rank 0 refuses; the others are stopped
+        distributed.launch(2, train, (tiny_config(train={"batch_size": 7}),), use_cuda=False)

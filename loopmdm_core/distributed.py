@@ -1,0 +1,89 @@
+"""Data-parallel training on one machine: `launch(n, fn, ...)` runs fn on n ranks, this process being rank 0.
+
+Rank 0 stays the caller's process, so whoever called (the CLI, a Ray Tune trial) keeps its metric sink,
+checkpoints and MLflow run; ranks 1..n-1 are spawned processes that train in lockstep and report nothing.
+Backend: NCCL on CUDA (rank r on GPU r), gloo on the CPU. train() reads the rank and world size from here.
+"""
+
+import datetime
+import socket
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+TIMEOUT = datetime.timedelta(minutes=30)  # a rank evaluating or checkpointing keeps the others waiting
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init(rank: int, world: int, port: int, use_cuda: bool):
+    if use_cuda:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=TIMEOUT)
+
+
+def _child(rank: int, world: int, port: int, use_cuda: bool, threads: int, fn, args, kwargs):
+    torch.set_num_threads(threads)
+    try:
+        _init(rank, world, port, use_cuda)
+        fn(*args, **kwargs)
+    except BaseException:
+        traceback.print_exc()
+        raise SystemExit(1) from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch(n: int, fn, args: tuple, main_kwargs: dict | None = None, worker_kwargs: dict | None = None,
+           use_cuda: bool | None = None):
+    """Run fn on n data-parallel ranks: rank 0 (here) as fn(*args, **main_kwargs), ranks 1..n-1 (spawned) as
+    fn(*args, **worker_kwargs), so callbacks that only rank 0 uses (sinks, loggers) never need pickling.
+    Returns rank 0's result; raises if any rank failed."""
+    main_kwargs, worker_kwargs = main_kwargs or {}, worker_kwargs or {}
+    if n <= 1:
+        return fn(*args, **main_kwargs)
+    use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
+    if use_cuda and torch.cuda.device_count() < n:
+        from .errors import ConfigError
+        raise ConfigError(f"{n} data-parallel workers need {n} GPUs; this machine has {torch.cuda.device_count()}")
+    port = _free_port()
+    threads = max(1, torch.get_num_threads() // n) if not use_cuda else torch.get_num_threads()
+    ctx = mp.get_context("spawn")  # fork would copy a CUDA context or Ray's threads: unsafe
+    children = [ctx.Process(target=_child, args=(r, n, port, use_cuda, threads, fn, args, worker_kwargs), daemon=True)
+                for r in range(1, n)]
+    for child in children:
+        child.start()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _init(0, n, port, use_cuda)
+        result = fn(*args, **main_kwargs)
+    except BaseException:
+        for child in children:
+            child.kill()
+        raise
+    finally:
+        torch.set_num_threads(old_threads)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    for child in children:
+        child.join(timeout=120)
+    failed = [c.exitcode for c in children if c.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"data-parallel worker(s) exited with {failed}; their traceback is in the output above")
+    return result
+
