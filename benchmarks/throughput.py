@@ -99,12 +99,17 @@ def reference_step(cfg: ModelConfig, seq: int, batch: int, device, compiled: boo
 
 # ------------------------------------------------------------------------------------------ our trainer's step
 
-def our_step(cfg: ModelConfig, seq: int, batch: int, device, checkpoint_loops: bool = False):
-    """loopmdm_core's TrainStep, configured as a sweep trial on this device would be (compile on CUDA)."""
-    run = RunConfig(model=cfg, train=TrainConfig(compile=device.type == "cuda", checkpoint_loops=checkpoint_loops))
+def our_step(cfg: ModelConfig, seq: int, batch: int, device, checkpoint_loops: bool = False, whole: bool = False):
+    """loopmdm_core's TrainStep, configured as a sweep trial on this device would be (compile on CUDA).
+    Under distributed.launch `batch` is the global batch, split over the ranks as train() splits it."""
+    run = RunConfig(model=cfg, train=TrainConfig(compile=device.type == "cuda", checkpoint_loops=checkpoint_loops,
+                                                 batch_size=batch))
     torch.manual_seed(0)
     model = LoopMDM(cfg).to(device)
     model.set_attention_backend("cudnn" if device.type == "cuda" else "sdpa")
+    if whole:  # experiment: one graph for the whole forward (the loop unrolled at its fixed count)
+        run = dataclasses.replace(run, train=dataclasses.replace(run.train, compile=False))
+        model.compile()
     step_fn = TrainStep(model, run, device, cfg.vocab_size - 1)
     batches = [torch.randint(0, cfg.vocab_size - 1, (batch, seq)) for _ in range(4)]  # host, as the data loader gives
     return lambda i: step_fn(i, batches[i % len(batches)], 1e-4)
@@ -147,6 +152,12 @@ def matmul_ceiling(device) -> float:
     return best
 
 
+def data_parallel_seconds(cfg: ModelConfig, seq: int, batch: int, warmup: int, steps: int) -> float:
+    """Seconds per step of our step on every rank of a distributed.launch (global batch `batch`)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return time_steps(our_step(cfg, seq, batch, device), device, warmup, steps)
+
+
 def variants(cfg: ModelConfig, names: list[str], loop: tuple[int, int]):
     looped = {k: dataclasses.replace(cfg, loop_start=loop[0], loop_end=loop[1], n_loops=k) for k in (2, 4)}
     table = {"ref_eager": ("ref", cfg, False), "ref_compiled": ("ref", cfg, True), "ours": ("ours", cfg, False)}
@@ -154,6 +165,8 @@ def variants(cfg: ModelConfig, names: list[str], loop: tuple[int, int]):
         table[f"loop{k}"] = ("ours", c, False)
         table[f"loop{k}_ckpt"] = ("ours", c, True)
         table[f"depth{k}"] = ("ours", depth_matched(c), False)
+        table[f"loop{k}_whole"] = ("whole", c, False)
+    table["ours_whole"] = ("whole", cfg, False)
     unknown = [n for n in names if n not in table]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; known: {', '.join(table)}")
@@ -191,6 +204,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--profile", help="print the kernel profile of this variant")
+    p.add_argument("--workers", type=int, default=1,
+                   help="also time `ours` data-parallel on this many GPUs (batch per GPU = --batch) and print the "
+                        "scaling efficiency against one GPU")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.tiny:
@@ -208,7 +224,7 @@ def main(argv=None):
     loop = tuple(int(v) for v in args.loop.split(","))
     for label, kind, c, ckpt in variants(cfg, args.variants.split(","), loop):
         make = (lambda c=c, compiled=ckpt: reference_step(c, args.seq, args.batch, device, compiled)) if kind == "ref" \
-            else (lambda c=c, ckpt=ckpt: our_step(c, args.seq, args.batch, device, ckpt))
+            else (lambda c=c, ckpt=ckpt, kind=kind: our_step(c, args.seq, args.batch, device, ckpt, kind == "whole"))
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -227,6 +243,15 @@ def main(argv=None):
         if args.profile == label:
             profile(step, device)
         del step
+    if args.workers > 1:
+        from loopmdm_core import distributed
+        dt = distributed.launch(args.workers, data_parallel_seconds,
+                                (cfg, args.seq, args.batch * args.workers, args.warmup, args.steps))
+        per_step = flops.train_flops_per_step(cfg, args.seq, args.batch * args.workers)
+        rows.append({"variant": f"ours_x{args.workers}", "layers_applied": cfg.applied_layers(),
+                     "tokens_per_s": args.batch * args.workers * args.seq / dt, "ms_per_step": dt * 1e3,
+                     "model_tflops": per_step / dt / 1e12, "mfu": per_step / dt / ceiling / args.workers,
+                     "peak_mem_gib": None})
     base = {r["variant"]: r for r in rows if "error" not in r}
     print(f"{'variant':<14} {'layers':>6} {'tokens/s':>10} {'ms/step':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} "
           f"{'vs ref_compiled':>15}")
@@ -237,6 +262,10 @@ def main(argv=None):
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
         print(f"{r['variant']:<14} {r['layers_applied']:>6} {r['tokens_per_s']:>10,.0f} {r['ms_per_step']:>8.2f} "
               f"{r['model_tflops']:>8.1f} {100 * r['mfu']:>5.1f}% {mem:>8} {ratio:>14.2f}x")
+    if args.workers > 1 and "ours" in base:
+        efficiency = base[f"ours_x{args.workers}"]["tokens_per_s"] / (args.workers * base["ours"]["tokens_per_s"])
+        print(f"data-parallel scaling efficiency on {args.workers} workers: {100 * efficiency:.1f}% of "
+              f"{args.workers}x one")
     if args.out:
         Path(args.out).write_text(json.dumps({"device": name, "torch": torch.__version__, "matmul_tflops": ceiling / 1e12,
                                               "shape": vars(args), "rows": rows}, indent=1))
