@@ -190,7 +190,8 @@ class TrainStep:
         self.model = model
         if world > 1:  # gradients averaged over ranks = the gradient of the whole batch's mean loss
             from torch.nn.parallel import DistributedDataParallel
-            self.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                 gradient_as_bucket_view=True, bucket_cap_mb=100)
 
     def __call__(self, step: int, x: torch.Tensor, lr: float) -> torch.Tensor:
         """Train on the host batch `x` (its masks from the step's own RNG) at learning rate `lr`."""
