@@ -28,7 +28,12 @@ DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 @dataclass(frozen=True)
 class Resources:
     cpu: float = 1.0
-    gpu: float = 0.0  # fractions share a GPU between small trials
+    gpu: float = 0.0  # fractions share a GPU between small trials; N >= 2: the trial trains data-parallel on N
+    workers: int = 0  # data-parallel processes per trial; 0: one per GPU (1 without GPUs). CPU: gloo
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or max(1, int(self.gpu))
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,16 @@ def parse(data: dict, source: str = "") -> SweepSpec:
         problems.append("resources: cpu and gpu must be >= 0")
     if spec.resources.gpu > 1 and not float(spec.resources.gpu).is_integer():
         problems.append(f"resources.gpu: above 1, ask for whole GPUs, got {spec.resources.gpu}")
+    if spec.resources.workers < 0:
+        problems.append(f"resources.workers: must be >= 0, got {spec.resources.workers}")
+    elif spec.resources.gpu >= 1 and spec.resources.workers not in (0, int(spec.resources.gpu)):
+        problems.append(f"resources.workers: {spec.resources.workers} with gpu {spec.resources.gpu:g}: one worker per "
+                        f"GPU; leave workers at 0")
+    elif spec.resources.n_workers > 1 and base.train.batch_size % spec.resources.n_workers:
+        problems.append(f"base.train.batch_size: {base.train.batch_size} does not split over "
+                        f"{spec.resources.n_workers} data-parallel workers; use a multiple of it")
+    elif 0 < spec.resources.gpu < 1 and spec.resources.workers > 1:
+        problems.append("resources.workers: a fraction of a GPU cannot hold several workers")
     if spec.max_concurrent < 0 or spec.max_failures < 0:
         problems.append("max_concurrent/max_failures: must be >= 0")
     n_layers = base.model.n_layers

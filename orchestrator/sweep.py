@@ -110,7 +110,7 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
                                                                   t.plan.config.to_dict(), derived)
         trial_dicts.append({"key": t.key, "name": name, "run_id": run_id, "config": t.config.to_dict(),
                             "tracking_uri": uri, "experiment_id": exp_id, "parent_id": parent_id, "tags": t.tags,
-                            "derived": derived, "cpus": cpus,
+                            "derived": derived, "cpus": cpus, "workers": spec.resources.n_workers,
                             "infer": dataclasses.asdict(spec.infer) if spec.infer else None})
     experiment_path.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps({"sweep_key": key, "parent_run_id": parent_id, "tracking_uri": uri}))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from loopmdm_core import load_run_config, metrics, train
+from loopmdm_core import distributed, load_run_config, metrics, train
 from loopmdm_core.config import apply_overrides
 from loopmdm_core.train import pick_device, plan
 
@@ -109,7 +109,11 @@ def run_trial(space: dict):
 
     try:
         _restore_checkpoint(root)
-        result = train(cfg, sink=sink, checkpoint_dir=root, on_checkpoint=on_checkpoint)
+        # Several workers: this process is rank 0 (it logs and reports); the others train alongside it and
+        # read the same checkpoint folder to resume. FLOPs and tokens are those of the whole batch.
+        result = distributed.launch(trial.get("workers", 1), train, (cfg,),
+                                    {"sink": sink, "checkpoint_dir": root, "on_checkpoint": on_checkpoint},
+                                    {"checkpoint_dir": root})
         if trial.get("infer"):
             _log_inference(logger, cfg, root, trial["infer"])
     except Exception as e:

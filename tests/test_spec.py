@@ -86,6 +86,8 @@ BAD = [
     ({"infer": {"attention_t": 1.5}}, "infer: max_loops must be >= 0 and attention_t in [0, 1)"),
     ({"search": {"params": {"train.lr": {"distribution": "loguniform", "low": 0, "high": 1e-2}}}}, "loguniform needs low > 0"),
     ({"infer": {"task": {"problems": 10}}}, "infer.task.test: the base trains on no task"),
+    ({"resources": {"cpu": 2, "workers": 3}}, "does not split over 3 data-parallel workers"),
+    ({"resources": {"gpu": 2, "workers": 4}}, "resources.workers: 4 with gpu 2: one worker per GPU"),
     ({"infer": {"task": {"problems": 10, "test": "algebra"}}}, "infer.task.test: task 'algebra': expected arithmetic"),
     ({"infer": {"task": {"problems": 10, "test": "arithmetic", "schedules": ["fixed:2", "ramp:x"]}}},
      "infer.task.schedules[1]:"),

@@ -209,3 +209,22 @@ def test_failing_trial_is_failed_with_its_error_and_others_finish(tmp_path, tiny
     assert parent.info.status == "FAILED" and "failed" in parent.data.tags["loopmdm.error"]
     best = [v for k, v in parent.data.tags.items() if k.startswith("loopmdm.best.")]
     assert len(best) == 1 and '"train.lr": 0.003' in best[0]
+
+
+def test_data_parallel_trial_matches_one_process(tmp_path, tiny_corpus, cache_dir):
+    """resources.workers: 2 trains the trial on 2 gloo ranks inside the Ray trial: one MLflow run, the whole
+    batch's FLOPs, and the same final validation loss as one process training the same config."""
+    from loopmdm_core import load_run_config, train
+    sweep = write_sweep(tmp_path, tiny_corpus, cache_dir, "ddp", baselines=[], resources={"cpu": 2, "workers": 2},
+                        loops=[{"loop_start": 1, "loop_end": 2, "n_loops": 2}])
+    out = finish(start_sweep(sweep, tmp_path))
+    assert "1 finished, 0 failed" in out, out
+    client, _, trials = runs_of(tmp_path, "ddp")
+    [run] = trials.values()
+    h = histories(client, run)
+    steps = int(run.data.params["derived.steps"])
+    assert h["flops"][-1] == (steps, steps * float(run.data.params["derived.flops_per_token"]) * 8 * 32)
+    client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    alone = train(load_run_config(config))
+    assert h["val/loss"][-1][1] == pytest.approx(alone.val_loss, rel=1e-4)
