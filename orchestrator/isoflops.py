@@ -181,8 +181,9 @@ def wilson(correct: int, total: int, z: float = 1.96) -> Interval:
         raise ValueError("wilson of no problems")
     p = correct / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    # clamped so that rounding never puts the rate outside its own interval (at 0 and 1 it is an end point)
+    return Interval(p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)), total)
 
 
 def compute_saved(fixed: list[tuple[float, float]], flops: float, accuracy: float) -> float | None:

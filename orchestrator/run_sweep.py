@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     for name, error in outcome.failed.items():
         print(f"  FAILED {name}: {error}")
     print(f"MLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}\n"
-          f"  browse: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+          f"  browse: mlflow ui --backend-store-uri {outcome.tracking_uri}   (binds 127.0.0.1:5000)")
     return 0 if outcome.ok else 1
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loopmdm_core import flops, schedules
-from loopmdm_core.config import RunConfig, flatten, from_dict, load_run_config, read_yaml
+from loopmdm_core.config import RunConfig, flatten, from_dict, read_yaml
 from loopmdm_core.errors import ConfigError, DataError
 from loopmdm_core.tasks import parse_spec
 from loopmdm_core.model import ModelConfig, depth_matched, same_size
@@ -257,9 +257,11 @@ def parse(data: dict, source: str = "") -> SweepSpec:
     else:
         base_raw = _base_without_loop(base_raw, problems)
         try:
-            base = load_run_config(base_raw)
+            base = from_dict(RunConfig, base_raw, "base")  # unknown keys and types named with their YAML path
         except ConfigError as e:
-            problems.extend(f"base.{p}" for p in e.problems)
+            problems.extend(e.problems)
+        else:
+            problems.extend(f"base.{p}" for p in base.problems())
     if not spec.name:
         problems.append("name: missing; the sweep's name is its MLflow experiment")
     if not spec.budgets:
@@ -278,6 +280,9 @@ def parse(data: dict, source: str = "") -> SweepSpec:
         problems.append("resources: cpu and gpu must be >= 0")
     if spec.resources.gpu > 1 and not float(spec.resources.gpu).is_integer():
         problems.append(f"resources.gpu: above 1, ask for whole GPUs, got {spec.resources.gpu}")
+    if base.train.device.startswith("cuda") and spec.resources.gpu <= 0:
+        problems.append(f"base.train.device: {base.train.device!r} but resources.gpu is 0, so trials get no GPU; "
+                        f"set resources.gpu or train.device: auto")
     if spec.resources.workers < 0:
         problems.append(f"resources.workers: must be >= 0, got {spec.resources.workers}")
     elif spec.resources.gpu >= 1 and spec.resources.workers not in (0, int(spec.resources.gpu)):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loopmdm_core import metrics
-from loopmdm_core.errors import ConfigError
+from loopmdm_core.errors import ConfigError, DataError
 
 from . import spec as specs
 from . import tracking
@@ -50,13 +50,31 @@ def sweep_key(spec: specs.SweepSpec, trials: list[specs.TrialSpec], experiment_p
 
 
 def prepare_data(trials: list[specs.TrialSpec]):
-    """Tokenize each corpus once, here, so concurrent trials find the cache instead of racing to build it."""
+    """Tokenize each corpus once, here, so concurrent trials find the cache instead of racing to build it, and
+    a corpus that cannot feed a trial fails the sweep now rather than in every trial."""
     from loopmdm_core.data import load_token_data
     seen = set()
     for t in trials:
-        if t.config.data not in seen:
-            seen.add(t.config.data)
-            load_token_data(t.config.data)
+        if (t.config.data, t.config.train.batch_size) not in seen:
+            seen.add((t.config.data, t.config.train.batch_size))
+            data = load_token_data(t.config.data)
+            if len(data.train) < t.config.train.batch_size:
+                raise DataError(f"data.corpus: the train split of {t.config.data.corpus} has {len(data.train)} rows "
+                                f"of {t.config.data.seq_len} tokens, fewer than one batch (train.batch_size="
+                                f"{t.config.train.batch_size}); use a larger corpus, a shorter seq_len or a "
+                                f"smaller batch")
+
+
+def check_cluster(resources: specs.Resources):
+    """A trial must fit on one node of the cluster, or Ray would wait for it forever: fail now instead."""
+    import ray
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for name, key, need in (("cpu", "CPU", resources.cpu), ("gpu", "GPU", resources.gpu)):
+        best = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if need > best:
+            raise ConfigError(f"resources.{name}: a trial asks for {need:g} {key}{'s' if need != 1 else ''}, but no "
+                              f"node of the Ray cluster has more than {best:g}; lower resources.{name} (or add "
+                              f"such a node)")
 
 
 def init_ray(address: str | None, dashboard: bool):
@@ -82,6 +100,8 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
     uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
     client = tracking.check_store(uri)
     prepare_data(trials)
+    init_ray(address, dashboard)
+    check_cluster(spec.resources)
 
     storage = Path(spec.storage_path or "ray_results").expanduser().resolve()
     experiment_path = storage / spec.name
@@ -113,12 +133,12 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
                             "derived": derived, "cpus": cpus, "workers": spec.resources.n_workers,
                             "infer": dataclasses.asdict(spec.infer) if spec.infer else None})
     experiment_path.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"sweep_key": key, "parent_run_id": parent_id, "tracking_uri": uri}))
+    state_path.write_text(json.dumps({"sweep_key": key, "parent_run_id": parent_id,
+                                      "tracking_uri": tracking.redact(uri)}))
 
     outcome = SweepOutcome(parent_id, uri, experiment_path)
     crash = None
     try:
-        init_ray(address, dashboard)
         from . import tune_runner
         if spec.search:
             tune_runner.run_search(spec, trial_dicts, storage, resume, verbose, outcome, client)

@@ -5,9 +5,11 @@ storage folder), a trial by `loopmdm.trial_key` under that parent. So a resumed 
 and a trial logs only steps after the last one its run holds: nothing is duplicated.
 """
 
+import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -27,12 +29,25 @@ class TrackingError(LoopMDMError):
     """The tracking store cannot be reached or used."""
 
 
+def redact(uri: str) -> str:
+    """The URI with any password replaced by *** (for messages and files)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def resolve_uri(cli_uri: str | None = None, spec_uri: str = "") -> str:
     """--tracking-uri, then the sweep's tracking.uri, then MLFLOW_TRACKING_URI, then sqlite:///<cwd>/mlflow.db.
 
-    Relative SQLite and file paths are made absolute: Ray runs trials in other working directories.
+    Relative SQLite and file paths are made absolute: Ray runs trials in other working directories. A URI with
+    a password in it is refused: it would travel into Ray's trial state and the sweep file's artifact.
     """
     uri = cli_uri or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    if uri.startswith(("http://", "https://")) and urllib.parse.urlsplit(uri).password is not None:
+        raise TrackingError(f"tracking URI {redact(uri)} holds a password: set MLFLOW_TRACKING_USERNAME and "
+                            f"MLFLOW_TRACKING_PASSWORD in the environment instead (they are never logged)")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     elif uri.startswith("file:") and not uri.startswith("file:///"):
@@ -134,16 +149,41 @@ def run_status(client: MlflowClient, run_id: str) -> str:
     return client.get_run(run_id).info.status
 
 
+def spool_dir() -> Path:
+    """Where metrics that could not be delivered wait for `orchestrator/replay.py`: $LOOPMDM_SPOOL, else
+    ~/.cache/loopmdm/mlflow_spool (on the machine that ran the trial)."""
+    return Path(os.environ.get("LOOPMDM_SPOOL") or Path.home() / ".cache" / "loopmdm" / "mlflow_spool").expanduser()
+
+
+def deliver(send, attempts: int = 4, first_wait: float = 0.5) -> bool:
+    """Call send() until it succeeds, `attempts` times at most with doubling waits (a SQLite store busy with
+    other writers, a server restarting). False when every attempt failed."""
+    wait = first_wait
+    for attempt in range(attempts):
+        try:
+            send()
+            return True
+        except Exception:  # MLflow raises MlflowException, requests and SQLAlchemy errors: all mean "not now"
+            if attempt == attempts - 1:
+                return False
+            time.sleep(wait)
+            wait *= 2
+    return False
+
+
 class TrialLogger:
     """A trial's sink: buffers metrics and sends them with log_batch (one call per flush, not per value).
 
     Steps at or below the last step the run already holds are dropped, so a trial resumed from a checkpoint
     re-reporting a few steps logs none of them twice. Flushes every `flush_seconds` and whenever asked (the
     trainable flushes before each checkpoint: steps after it are re-reported on resume anyway).
+    A batch the store does not take after a few retries is appended to a spool file (spool_dir()/<run id>.jsonl)
+    and training goes on; `orchestrator/replay.py` delivers it later, skipping what the run already holds.
     """
 
     def __init__(self, uri: str, run_id: str, flush_seconds: float = 10.0):
         self.client, self.run_id, self.flush_seconds = MlflowClient(uri), run_id, flush_seconds
+        self.spooled = 0  # metrics written to the spool file instead of the store
         history = self.client.get_metric_history(run_id, STEP_METRIC)
         self.last_step = max((m.step for m in history), default=0)
         self._buffer: list[Metric] = []
@@ -171,11 +211,24 @@ class TrialLogger:
 
     def flush(self):
         for i in range(0, len(self._buffer), 1000):  # log_batch takes at most 1000 metrics per call
-            self.client.log_batch(self.run_id, metrics=self._buffer[i:i + 1000])
+            chunk = self._buffer[i:i + 1000]
+            if not deliver(lambda: self.client.log_batch(self.run_id, metrics=chunk)):
+                self._spool([{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
+                             for m in chunk])
         self._buffer = []
         self._last_flush = time.monotonic()
 
+    def _spool(self, records: list[dict]):
+        folder = spool_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{self.run_id}.jsonl", "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+        self.spooled += sum("key" in r for r in records)
+
     def finish(self, status: str, error: str | None = None):
         self.flush()
-        end_run(self.client, self.run_id, status, error)
+        if not deliver(lambda: end_run(self.client, self.run_id, status, error)):
+            self._spool([{"status": status, "error": error}])
 

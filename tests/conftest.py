@@ -54,3 +54,31 @@ def tiny_config(tiny_corpus, cache_dir):
             "eval": {"fractions": [0.5, 1.0], "n_batches": 2, "batch_size": 4, "n_t": 4, **(eval or {})},
         })
     return make
+
+
+def start_mlflow_server(db_path, port: int | None = None):
+    """A real `mlflow server` on 127.0.0.1 over the SQLite file `db_path`; returns (process, uri) once it
+    answers /health. Stop it with os.killpg(process.pid, SIGTERM)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{db_path}", "--workers", "1"],
+                              cwd=db_path.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2).read()
+            return server, uri
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+            time.sleep(0.5)

@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from benchmarks.synthetic_sweep import make_sweep
+from conftest import start_mlflow_server
 from orchestrator import report, tracking
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,27 +100,8 @@ def test_running_sweep_is_reported_as_such(store, tmp_path, capsys):
 
 def test_report_through_a_tracking_server(tmp_path):
     """The same report from an `mlflow server` (HTTP, artifacts proxied), as on a shared cluster."""
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    server, uri = start_mlflow_server(tmp_path / "server.db")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=2).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
         parent = make_sweep(uri, "remote", budgets=(1e12,), seeds=(0, 1), loops=((2, 3.0),))
         out = run_report("--tracking-uri", uri, "--out", str(tmp_path / "r"), cwd=tmp_path)
         assert out.returncode == 0, out.stderr
