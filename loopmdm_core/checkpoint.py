@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import failpoints
 from .errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def save(root: str | Path, step: int, model, optimizer, state: dict) -> Path:
         _fsync(tmp / name)
     if final.exists():  # the same step saved again (a resumed run): replace it
         shutil.rmtree(final)
+    failpoints.reached("checkpoint_write")
     os.rename(tmp, final)
     _fsync(root)
     for old in sorted(p for p in root.iterdir() if STEP_DIR.match(p.name))[:-KEEP]:

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from . import checkpoint, diffusion, distributed, flops, metrics
+from . import checkpoint, diffusion, distributed, failpoints, flops, metrics
 from .attention import resolve_backend
 from .config import RunConfig, load_run_config
 from .errors import CheckpointError, ConfigError, DataError, LoopMDMError
@@ -276,6 +276,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     for step in range(start, run.steps):
         lr = lr_at(step, run.steps, cfg.train)
         loss_acc += train_step(step, data.train_batch(step, cfg.train.batch_size, cfg.train.seed), lr)
+        failpoints.reached("step")
         window_steps += 1
         done = step + 1
 

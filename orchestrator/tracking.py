@@ -17,7 +17,7 @@ import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from loopmdm_core import flatten, metrics
+from loopmdm_core import failpoints, flatten, metrics
 from loopmdm_core.errors import LoopMDMError
 
 DEFAULT_DB = "mlflow.db"
@@ -212,6 +212,7 @@ class TrialLogger:
     def flush(self):
         for i in range(0, len(self._buffer), 1000):  # log_batch takes at most 1000 metrics per call
             chunk = self._buffer[i:i + 1000]
+            failpoints.reached("mlflow_log")
             if not deliver(lambda: self.client.log_batch(self.run_id, metrics=chunk)):
                 self._spool([{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
                              for m in chunk])

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from loopmdm_core import distributed, load_run_config, metrics, train
+from loopmdm_core import distributed, failpoints, load_run_config, metrics, train
 from loopmdm_core.config import apply_overrides
 from loopmdm_core.train import pick_device, plan
 
@@ -89,6 +89,7 @@ def run_trial(space: dict):
     cfg = load_run_config(config)
     checkpoint_steps = set(plan(cfg).checkpoint_steps)
     logger = tracking.TrialLogger(trial["tracking_uri"], run_id)
+    failpoints.reached("trial_start")
     root = Path(tempfile.mkdtemp(prefix="loopmdm-trial-"))
     latest: dict = {}
     required = trial.get("required_metric")  # a searcher (Optuna) needs its metric in every result

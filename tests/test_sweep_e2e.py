@@ -39,8 +39,8 @@ def write_sweep(tmp_path, tiny_corpus, cache_dir, name, **extra) -> Path:
     return path
 
 
-def start_sweep(sweep: Path, cwd: Path, *args) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def start_sweep(sweep: Path, cwd: Path, *args, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.Popen([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), str(sweep), "-q", *args],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # its own process group: Ray's processes die with it
@@ -178,8 +178,14 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, tiny_corpus, cache_di
 
     out = finish(start_sweep(sweep, killed_dir))
     assert "3 finished, 0 failed" in out, out
-    client_r, parents_r, ref = runs_of(reference_dir, "resume")
-    client_k, parents_k, got = runs_of(killed_dir, "resume")
+    assert_same_sweep(reference_dir, killed_dir, "resume")
+
+
+def assert_same_sweep(reference_dir: Path, got_dir: Path, name: str):
+    """One FINISHED parent, the same trials with one FINISHED run each, every metric at the same steps (none
+    twice) with the same values as the uninterrupted reference."""
+    client_r, _, ref = runs_of(reference_dir, name)
+    client_k, parents_k, got = runs_of(got_dir, name)
     assert len(parents_k) == 1 and parents_k[0].info.status == "FINISHED"
     assert got.keys() == ref.keys()  # the same trials, one run each
     for key, run in got.items():
