@@ -3,7 +3,6 @@ mid-step, while a checkpoint is written and while metrics are sent to MLflow; th
 and it must end exactly like an uninterrupted sweep. A trial process killed alone (as by the OS) is retried by
 Ray Tune from its last checkpoint within the same sweep."""
 
-import os
 import signal
 
 import pytest
