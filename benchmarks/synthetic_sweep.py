@@ -18,7 +18,8 @@ def task_metrics(n_loops: int) -> dict[str, float]:
     GFLOPs, so at n_loops = 2 it saves 25% against fixed:2."""
     out = {"task/problems": 100.0}
     for k in range(1, 2 * n_loops + 1):
-        out[f"task/accuracy/fixed_{k}"], out[f"task/forward_flops_per_problem/fixed_{k}"] = 0.1 * min(k, n_loops), k * 1e9
+        out[f"task/accuracy/fixed_{k}"] = 0.1 * min(k, n_loops)
+        out[f"task/forward_flops_per_problem/fixed_{k}"] = k * 1e9
     if n_loops > 1:
         out[f"task/accuracy/ramp_{2 * n_loops}_1"] = 0.1 * n_loops
         out[f"task/forward_flops_per_problem/ramp_{2 * n_loops}_1"] = 1.5e9

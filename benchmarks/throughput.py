@@ -267,8 +267,9 @@ def main(argv=None):
         print(f"data-parallel scaling efficiency on {args.workers} workers: {100 * efficiency:.1f}% of "
               f"{args.workers}x one")
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": name, "torch": torch.__version__, "matmul_tflops": ceiling / 1e12,
-                                              "shape": vars(args), "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps({"device": name, "torch": torch.__version__,
+                                              "matmul_tflops": ceiling / 1e12, "shape": vars(args), "rows": rows},
+                                             indent=1))
 
 
 if __name__ == "__main__":

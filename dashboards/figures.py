@@ -145,8 +145,9 @@ def accuracy_vs_inference_flops(comparison: Comparison, path: Path) -> Path:
         fixed = sorted((r for r in rows if r["schedule"].startswith("fixed:")), key=lambda r: r["flops_per_problem"])
         xs = [r["flops_per_problem"] / 1e9 for r in fixed]
         accs = [r["accuracy"] for r in fixed]
-        line = ax.errorbar(xs, [a.mean for a in accs], yerr=[[a.mean - a.low for a in accs], [a.high - a.mean for a in accs]],
-                           marker="o", capsize=3, label=f"{label}: fixed loops")[0]
+        errors = [[a.mean - a.low for a in accs], [a.high - a.mean for a in accs]]
+        line = ax.errorbar(xs, [a.mean for a in accs], yerr=errors, marker="o", capsize=3,
+                           label=f"{label}: fixed loops")[0]
         for r in rows:
             if not r["schedule"].startswith("fixed:"):
                 x, y = r["flops_per_problem"] / 1e9, r["accuracy"].mean

@@ -95,8 +95,8 @@ class TrainResult:
 
 
 # Settings that change how a run is executed or reported, not what it computes: a resume may change them.
-RESUMABLE_CHANGES = {"train.device", "train.compile", "train.checkpoint_loops", "train.log_every", "train.checkpoint_every", "train.peak_flops",
-                     "data.cache_dir"}
+RESUMABLE_CHANGES = {"train.device", "train.compile", "train.checkpoint_loops", "train.log_every",
+                     "train.checkpoint_every", "train.peak_flops", "data.cache_dir"}
 
 
 def check_same_run(resume: checkpoint.Checkpoint, cfg: RunConfig):

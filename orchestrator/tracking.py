@@ -207,19 +207,22 @@ class TrialLogger:
         batch = [Metric(key, float(v), now_ms, int(s)) for key, points in series.items() for s, v in points]
         if len(batch) > 1000:
             raise ValueError(f"{len(batch)} metrics: more than one log_batch call takes")
-        self.client.log_batch(self.run_id, metrics=batch)
+        if not deliver(lambda: self.client.log_batch(self.run_id, metrics=batch)):
+            self._spool(batch)
 
     def flush(self):
         for i in range(0, len(self._buffer), 1000):  # log_batch takes at most 1000 metrics per call
             chunk = self._buffer[i:i + 1000]
             failpoints.reached("mlflow_log")
             if not deliver(lambda: self.client.log_batch(self.run_id, metrics=chunk)):
-                self._spool([{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
-                             for m in chunk])
+                self._spool(chunk)
         self._buffer = []
         self._last_flush = time.monotonic()
 
-    def _spool(self, records: list[dict]):
+    def _spool(self, items: list):
+        """Append metrics (and status dicts) to this run's spool file, durably."""
+        records = [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
+                   if isinstance(m, Metric) else m for m in items]
         folder = spool_dir()
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / f"{self.run_id}.jsonl", "a", encoding="utf-8") as f:

@@ -53,8 +53,9 @@ def _log_inference(logger: tracking.TrialLogger, cfg, root: Path, infer: dict):
     data = load_token_data(cfg.data)
     out = inference_eval(model, data, cfg, infer["max_loops"], infer["attention_t"])
     task = infer["task"]
-    series = {metrics.INFER_VAL_LOSS: [(r["n_loops"], r["val_loss"]) for r in out["loop_scaling"]],
-              metrics.INFER_FLOPS_PER_TOKEN: [(r["n_loops"], r["forward_flops_per_token"]) for r in out["loop_scaling"]]}
+    rows = out["loop_scaling"]
+    series = {metrics.INFER_VAL_LOSS: [(r["n_loops"], r["val_loss"]) for r in rows],
+              metrics.INFER_FLOPS_PER_TOKEN: [(r["n_loops"], r["forward_flops_per_token"]) for r in rows]}
     if "attention" in out:
         series[metrics.MASK_TO_MASK] = [(i, r["mask_to_mask_share"]) for i, r in enumerate(out["attention"])]
     if task["problems"]:
@@ -64,7 +65,8 @@ def _log_inference(logger: tracking.TrialLogger, cfg, root: Path, infer: dict):
             series[metrics.TASK_ACCURACY + metrics.schedule_key(row["schedule"])] = [(0, row["accuracy"])]
             series[metrics.TASK_FLOPS + metrics.schedule_key(row["schedule"])] = [(0, row["forward_flops_per_problem"])]
         series[metrics.TASK_PROBLEMS] = [(0, out["task"][0]["problems"])]
-    logger.client.log_text(logger.run_id, json.dumps(out, indent=2), "inference.json")
+    # The artifact is a convenience copy: if the store is down it is skipped (the metrics are spooled).
+    tracking.deliver(lambda: logger.client.log_text(logger.run_id, json.dumps(out, indent=2), "inference.json"))
     logger.log_series(series)  # one batch, one transaction: a retried trial finds all of it or none
 
 
