@@ -38,8 +38,9 @@ def mask_tokens(x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch
 
 @dataclass
 class NoisedBatch:
-    """A batch with its masks drawn, laid out for the loss: the masked positions as a flat index list padded
-    to a multiple of `pad_to`, so the device needs no data-dependent shapes and never syncs with the host."""
+    """A batch with its masks drawn on the host, laid out for the loss: the masked positions as a flat index
+    list padded to a multiple of `pad_to` (few distinct shapes), so the device never computes a data-dependent
+    shape and never has to sync with the host."""
     xt: torch.Tensor  # (B, S) noised tokens: the model's input
     index: torch.Tensor  # (C,) flat positions (b * S + i) of the masked tokens, then padding (position 0)
     targets: torch.Tensor  # (C,) the clean tokens at those positions
