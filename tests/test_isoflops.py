@@ -107,3 +107,10 @@ def test_compute_saved_against_the_cheapest_fixed_count_as_accurate():
     assert iso.compute_saved(fixed, 1.5, 0.3) == pytest.approx(0.25)  # fixed:2 is the cheapest at >= 0.3
     assert iso.compute_saved(fixed, 4.0, 0.45) == pytest.approx(-1 / 3)  # costs more than fixed:3
     assert iso.compute_saved(fixed, 1.0, 0.6) is None  # more accurate than any fixed count
+
+
+def test_reach_between_losses_one_ulp_apart():
+    """Found by hypothesis: two losses whose logs round to the same float must not divide by zero."""
+    c = iso.curve([1.0, 2.0], [0.0010000000000000002, 0.001])
+    assert iso.flops_to_reach(c, 0.001).flops == 2.0
+    assert iso.speedup(c, c).value == 1.0

@@ -63,7 +63,7 @@ def test_trial_key_is_stable_and_tags_complete():
 BAD = [
     ({"nmae": "x"}, "nmae: unknown key; did you mean 'name'?"),
     ({"name": ""}, "name: missing"),
-    ({"base": {"model": {"n_loop": 2}}}, "base.model.n_loop: unknown key; did you mean 'model.n_loops'?"),
+    ({"base": {"model": {"n_loop": 2}}}, "base.model.n_loop: unknown key; did you mean 'base.model.n_loops'?"),
     ({"base": {"model": {"d_model": 60, "n_heads": 8}}}, "base.model.d_model"),
     ({"base": {"model": {"n_layers": 4, "n_loops": 2}}}, "base.model.n_loops: set by the sweep's loops:"),
     ({"loops": {"loop_start": [1], "loop_end": [5], "n_loops": [2]}}, "loops (loop_start=1, loop_end=5, n_loops=2): loop_end 5 > base.model.n_layers=4"),
