@@ -9,6 +9,7 @@ exactly one FINISHED run per trial and that no metric step is logged twice.
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -51,8 +52,8 @@ def main():
              "budgets": [1e9], "seeds": list(range(args.seeds)),
              "resources": {"cpu": 2 / args.concurrency}, "max_concurrent": args.concurrency, "max_failures": 1}
     (out / "load.yaml").write_text(yaml.safe_dump(sweep))
-    for stale in ("mlflow.db", "ray_results"):
-        subprocess.run(["rm", "-rf", str(out / stale)], check=True)
+    (out / "mlflow.db").unlink(missing_ok=True)
+    shutil.rmtree(out / "ray_results", ignore_errors=True)
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), "load.yaml", "-q"],
                             cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

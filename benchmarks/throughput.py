@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 from loopmdm_core import flops
 from loopmdm_core.config import RunConfig, TrainConfig
 from loopmdm_core.model import LoopMDM, ModelConfig, depth_matched
-from loopmdm_core.train import TrainStep
+from loopmdm_core.train import TrainStep, measured_peak
 
 # ------------------------------------------------------------------------------------- the in-file reference
 
@@ -141,17 +141,6 @@ def time_steps(step, device, warmup: int, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def matmul_ceiling(device) -> float:
-    """FLOP/s of a large dense matmul in the training dtype (bf16 on CUDA, fp32 on the CPU), best of 3."""
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = 0.0
-    for _ in range(3):
-        dt = time_steps(lambda i: a @ b, device, 2, 10)
-        best = max(best, 2 * n**3 / dt)
-    return best
-
-
 def data_parallel_seconds(cfg: ModelConfig, seq: int, batch: int, warmup: int, steps: int) -> float:
     """Seconds per step of our step on every rank of a distributed.launch (global batch `batch`)."""
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -216,7 +205,7 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = True
     cfg = ModelConfig(n_layers=args.layers, d_model=args.width, n_heads=args.heads, d_ff=args.ff,
                       loop_start=0, loop_end=args.layers, n_loops=1, vocab_size=args.vocab)
-    ceiling = matmul_ceiling(device)
+    ceiling = measured_peak(device, trials=3, reps=10)  # the trainer's ceiling, measured more carefully
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"{name}, torch {torch.__version__}; matmul ceiling {ceiling / 1e12:.1f} TFLOP/s; shape {args.layers}L x "
           f"{args.width} x {args.heads}h, ff {cfg.ff_dim}, vocab {args.vocab}, seq {args.seq}, batch {args.batch}")

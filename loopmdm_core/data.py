@@ -90,6 +90,13 @@ class TokenData:
             rows[sel] = perm[positions[sel] % n]
         return rows
 
+    def require_batch(self, batch_size: int):
+        """DataError naming the fix when the train split cannot fill one batch of `batch_size` rows."""
+        if len(self.train) < batch_size:
+            raise DataError(f"data.corpus: the train split of {self.meta['corpus']} has {len(self.train)} rows of "
+                            f"{self.train.seq_len} tokens, fewer than one batch (train.batch_size={batch_size}); "
+                            f"use a larger corpus, a shorter seq_len or a smaller batch")
+
     def train_batch(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
         return self.train.gather(self.train_rows(step, batch_size, seed))
 

@@ -6,6 +6,7 @@ reported per token (divided by the sequence length): nats/token, an upper bound 
 """
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
@@ -102,15 +103,10 @@ def _ce_chunk(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
     return total, ((torch.exp(z - lse) - onehot.float()) * weight[:, None]).to(logits.dtype)
 
 
-_COMPILED_CE_CHUNK = []
-
-
+@functools.cache
 def _ce_chunk_for(device_type: str):
-    if device_type != "cuda":  # eager on the CPU: no compiler needed, and small vocabularies there
-        return _ce_chunk
-    if not _COMPILED_CE_CHUNK:
-        _COMPILED_CE_CHUNK.append(torch.compile(_ce_chunk, dynamic=True))
-    return _COMPILED_CE_CHUNK[0]
+    # eager on the CPU: no compiler needed there, and its vocabularies are small
+    return torch.compile(_ce_chunk, dynamic=True) if device_type == "cuda" else _ce_chunk
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -162,11 +158,13 @@ def validation_elbo(model, batches: list[torch.Tensor], mask_id: int, n_t: int, 
     """
     generator = torch.Generator().manual_seed(seed)
     grid = stratified_t(n_t)
+    device = next(model.parameters()).device
     total, tokens = 0.0, 0
     for x in batches:
+        x = x.cpu()  # masks are drawn on the host (no-op for the host batches the callers keep)
         for t_value in grid:
             t = t_value.expand(x.shape[0])
-            batch = noise_batch(x.cpu(), t, mask_id, generator).to(x.device)
+            batch = noise_batch(x, t, mask_id, generator).to(device)
             with autocast() if autocast else contextlib.nullcontext():
                 total += weighted_ce_sum(model, batch, n_loops).item()
             tokens += x.numel()

@@ -46,24 +46,32 @@ def _split_of(text: str, test_fraction: float) -> str:
     return "test" if h < test_fraction else "train"
 
 
-def arithmetic(n: int, split: str, digits: int = 2, seed: int = 0, test_fraction: float = 0.2) -> list[Problem]:
-    """`n` distinct problems "a+b=" / "a-b=" with `digits`-digit operands from `split` ("train" or "test")."""
+def _distinct(n: int, split: str, draw, test_fraction: float, what: str) -> list[Problem]:
+    """`n` distinct problems from `draw()` (a seeded generator's next Problem) that fall in `split`."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, got {split!r}")
-    rng, seen, out = random.Random(seed), set(), []
-    space = 2 * (9 * 10 ** (digits - 1)) ** 2
+    seen, out = set(), []
     for _ in range(50 * n):
-        a, b = rng.randrange(10 ** (digits - 1), 10 ** digits), rng.randrange(10 ** (digits - 1), 10 ** digits)
-        op = rng.choice("+-")
-        prompt = f"{a}{op}{b}="
-        if prompt in seen or _split_of(prompt, test_fraction) != split:
+        problem = draw()
+        if problem.prompt in seen or _split_of(problem.prompt, test_fraction) != split:
             continue
-        seen.add(prompt)
-        out.append(Problem(prompt, str(a + b if op == "+" else a - b)))
+        seen.add(problem.prompt)
+        out.append(problem)
         if len(out) == n:
             return out
-    raise DataError(f"arithmetic: only {len(out)} distinct {split} problems with {digits} digits "
-                    f"(about {space} exist); ask for fewer")
+    raise DataError(f"{what}: only {len(out)} distinct {split} problems found; ask for fewer")
+
+
+def arithmetic(n: int, split: str, digits: int = 2, seed: int = 0, test_fraction: float = 0.2) -> list[Problem]:
+    """`n` distinct problems "a+b=" / "a-b=" with `digits`-digit operands from `split` ("train" or "test")."""
+    rng = random.Random(seed)
+
+    def draw() -> Problem:
+        a, b = rng.randrange(10 ** (digits - 1), 10 ** digits), rng.randrange(10 ** (digits - 1), 10 ** digits)
+        op = rng.choice("+-")
+        return Problem(f"{a}{op}{b}=", str(a + b if op == "+" else a - b))
+    space = 2 * (9 * 10 ** (digits - 1)) ** 2
+    return _distinct(n, split, draw, test_fraction, f"arithmetic with {digits} digits (about {space} exist)")
 
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -73,10 +81,9 @@ def chains(n: int, split: str, hops: int = 2, seed: int = 0, test_fraction: floa
     """`n` distinct variable-chasing problems: two chains of `hops` assignments ("a=3;b=a" ...), statements
     shuffled, then a query of one chain's last variable, e.g. "d=c;a=3;c=5;b=a;b?" -> "3". Each hop is one
     more lookup, so depth (or loops) is what solving longer chains takes. Split by a hash, like arithmetic."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be train or test, got {split!r}")
-    rng, seen, out = random.Random(seed), set(), []
-    for _ in range(50 * n):
+    rng = random.Random(seed)
+
+    def draw() -> Problem:
         names = rng.sample(LETTERS, 2 * (hops + 1))
         values = rng.sample("0123456789", 2)
         statements = []
@@ -85,14 +92,8 @@ def chains(n: int, split: str, hops: int = 2, seed: int = 0, test_fraction: floa
             statements += [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
         rng.shuffle(statements)
         which = rng.randrange(2)
-        prompt = ";".join(statements) + f";{names[which * (hops + 1) + hops]}?"
-        if prompt in seen or _split_of(prompt, test_fraction) != split:
-            continue
-        seen.add(prompt)
-        out.append(Problem(prompt, values[which]))
-        if len(out) == n:
-            return out
-    raise DataError(f"chains: only {len(out)} distinct {split} problems found; ask for fewer")
+        return Problem(";".join(statements) + f";{names[which * (hops + 1) + hops]}?", values[which])
+    return _distinct(n, split, draw, test_fraction, f"chains with {hops} hops")
 
 
 def read_gsm8k(path: str | Path) -> list[Problem]:

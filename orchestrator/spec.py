@@ -311,9 +311,8 @@ def parse(data: dict, source: str = "") -> SweepSpec:
                         "base.data.task (e.g. arithmetic) or name the test problems here")
     if problems:
         raise ConfigError(problems)
-    if infer and infer.task.test.startswith("gsm8k:"):
-        test = "gsm8k:" + str(Path(infer.task.test[6:]).expanduser().resolve())
-        infer = dataclasses.replace(infer, task=dataclasses.replace(infer.task, test=test))
+    if infer and infer.task.test:
+        infer = dataclasses.replace(infer, task=dataclasses.replace(infer.task, test=_absolute_task(infer.task.test)))
     return dataclasses.replace(spec, base=_absolute_paths(base), loops=tuple(c for c, _ in loops), search=search,
                                infer=infer, source=source)
 
@@ -335,13 +334,17 @@ def _task_eval_problems(task: TaskEval) -> list[str]:
     return p
 
 
+def _absolute_task(task: str) -> str:
+    """A gsm8k:PATH task with its path resolved against the driver's working directory; others unchanged."""
+    return "gsm8k:" + str(Path(task[6:]).expanduser().resolve()) if task.startswith("gsm8k:") else task
+
+
 def _absolute_paths(base: RunConfig) -> RunConfig:
     """Local paths of the base resolved against the driver's working directory: Ray runs trials elsewhere."""
     data = base.data
     if ":" not in data.corpus.split("/")[0] and data.corpus != "none":  # not builtin:... or hf:...
         data = dataclasses.replace(data, corpus=str(Path(data.corpus).expanduser().resolve()))
-    if data.task.startswith("gsm8k:"):
-        data = dataclasses.replace(data, task="gsm8k:" + str(Path(data.task[6:]).expanduser().resolve()))
+    data = dataclasses.replace(data, task=_absolute_task(data.task))
     if data.cache_dir:
         data = dataclasses.replace(data, cache_dir=str(Path(data.cache_dir).expanduser().resolve()))
     return dataclasses.replace(base, data=data)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loopmdm_core import metrics
-from loopmdm_core.errors import ConfigError, DataError
+from loopmdm_core.errors import ConfigError
 
 from . import spec as specs
 from . import tracking
@@ -57,12 +57,7 @@ def prepare_data(trials: list[specs.TrialSpec]):
     for t in trials:
         if (t.config.data, t.config.train.batch_size) not in seen:
             seen.add((t.config.data, t.config.train.batch_size))
-            data = load_token_data(t.config.data)
-            if len(data.train) < t.config.train.batch_size:
-                raise DataError(f"data.corpus: the train split of {t.config.data.corpus} has {len(data.train)} rows "
-                                f"of {t.config.data.seq_len} tokens, fewer than one batch (train.batch_size="
-                                f"{t.config.train.batch_size}); use a larger corpus, a shorter seq_len or a "
-                                f"smaller batch")
+            load_token_data(t.config.data).require_batch(t.config.train.batch_size)
 
 
 def check_cluster(resources: specs.Resources):
