@@ -29,7 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without an install
 
-from loopmdm_core import flops
+from loopmdm_core import distributed, flops
 from loopmdm_core.config import RunConfig, TrainConfig
 from loopmdm_core.model import LoopMDM, ModelConfig, depth_matched
 from loopmdm_core.train import TrainStep, measured_peak
@@ -203,6 +203,9 @@ def main(argv=None):
         args.loop = "1,3"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
+    cores = torch.get_num_threads()
+    if args.workers > 1:  # one GPU timed with the threads each data-parallel rank gets: a like-for-like baseline
+        torch.set_num_threads(distributed.threads_per_rank(args.workers, device.type == "cuda"))
     cfg = ModelConfig(n_layers=args.layers, d_model=args.width, n_heads=args.heads, d_ff=args.ff,
                       loop_start=0, loop_end=args.layers, n_loops=1, vocab_size=args.vocab)
     ceiling = measured_peak(device, trials=3, reps=10)  # the trainer's ceiling, measured more carefully
@@ -233,7 +236,7 @@ def main(argv=None):
             profile(step, device)
         del step
     if args.workers > 1:
-        from loopmdm_core import distributed
+        torch.set_num_threads(cores)  # launch() splits them over the ranks
         dt = distributed.launch(args.workers, data_parallel_seconds,
                                 (cfg, args.seq, args.batch * args.workers, args.warmup, args.steps))
         per_step = flops.train_flops_per_step(cfg, args.seq, args.batch * args.workers)
