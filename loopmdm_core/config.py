@@ -24,6 +24,10 @@ class DataConfig:
     # or none (only the task below)
     task: str = ""  # mix a reasoning task's train problems into the corpus: arithmetic[:DIGITS] or gsm8k:PATH
     task_problems: int = 10000  # arithmetic: train problems generated for the mix (gsm8k: 0 = the whole file)
+    # prompted: each problem is its own row, prompt tokens never masked, the answer then EOS up to seq_len
+    # (LLaDA's SFT format: every masked token is something the prompt determines); text: problems are plain
+    # documents packed with the corpus, every token maskable (the model must also learn to write prompts)
+    task_format: str = "prompted"
     text_field: str = "text"  # the text column of .jsonl/.parquet/hf corpora
     tokenizer: str = "bpe"  # bpe: a byte-level BPE trained on the corpus; gpt2: GPT-2's BPE (tiktoken)
     bpe_vocab_size: int = 512  # size of the trained BPE, special tokens included
@@ -49,6 +53,8 @@ class DataConfig:
                 parse_spec(self.task)
             except DataError as e:
                 p.append(f"data.{e}")
+        if self.task_format not in ("prompted", "text"):
+            p.append(f"data.task_format: {self.task_format!r} is not one of prompted, text")
         if self.task_problems < 0:
             p.append(f"data.task_problems: must be >= 0, got {self.task_problems}")
         if not 0 < self.val_fraction < 1:

@@ -1,8 +1,9 @@
-"""Corpora as `datasets.Dataset`s of documents (one `text` column), with a content fingerprint for caching.
+"""Corpora as `datasets.Dataset`s of documents (a `text` column), with a content fingerprint for caching.
 
 Sources: `builtin:shakespeare` (shipped in the package), a local .txt/.jsonl/.parquet file or a folder of
 them, or `hf:NAME[:CONFIG]` from the Hugging Face hub (online only); `with_task` mixes a reasoning task's train
-problems in (tasks.py), `none` is the task alone. `datasets` is imported here, not at
+problems in (tasks.py; with a `prompt` column, the text's prefix the model is given, "" for plain text), `none`
+is the task alone. `datasets` is imported here, not at
 package import, so the model and trainer run where it is not installed (e.g. GPU benchmark machines).
 """
 
@@ -23,7 +24,7 @@ SUFFIXES = (".txt", ".jsonl", ".parquet")
 class Corpus:
     name: str
     fingerprint: str  # changes whenever the documents may have changed
-    documents: object  # datasets.Dataset with a "text" column
+    documents: object  # datasets.Dataset with a "text" column (and "prompt" when a prompted task is mixed in)
 
 
 def _sha256_files(paths: list[Path]) -> str:
@@ -71,25 +72,32 @@ def _read_file(path: Path, text_field: str) -> list[str]:
         raise DataError(f"{path}: cannot read: {e}") from None
 
 
-def with_task(corpus: Corpus | None, task: str, n_problems: int) -> Corpus:
-    """`corpus` (None: no text) plus the task's train problems as documents; the fingerprint covers both."""
+def with_task(corpus: Corpus | None, task: str, n_problems: int, prompted: bool = False) -> Corpus:
+    """`corpus` (None: no text) plus the task's train problems as documents; the fingerprint covers both.
+    `prompted`: the documents carry their prompts (a `prompt` column; "" for the corpus's plain text)."""
     import datasets
 
     from .tasks import documents
-    docs = datasets.Dataset.from_dict({"text": documents(task, n_problems)})
+    texts, prompts = documents(task, n_problems)
+    docs = datasets.Dataset.from_dict({"text": texts, "prompt": prompts} if prompted else {"text": texts})
     if corpus is None:
         name, fingerprint, mixed = task, "", docs
     else:
         name, fingerprint = f"{corpus.name}+{task}", corpus.fingerprint
-        mixed = datasets.concatenate_datasets([corpus.documents, docs])
-    fingerprint = hashlib.sha256(f"{fingerprint}|{task}|{n_problems}".encode()).hexdigest()
+        plain = corpus.documents
+        if prompted:
+            plain = plain.map(lambda b: {"prompt": [""] * len(b["text"])}, batched=True, desc="plain text")
+        mixed = datasets.concatenate_datasets([plain, docs])
+    fingerprint = hashlib.sha256(f"{fingerprint}|{task}|{n_problems}|{prompted}".encode()).hexdigest()
     return Corpus(name, fingerprint, mixed)
 
 
-def load_corpus(spec: str, text_field: str = "text", task: str = "", task_problems: int = 0) -> Corpus:
+def load_corpus(spec: str, text_field: str = "text", task: str = "", task_problems: int = 0,
+                task_prompted: bool = False) -> Corpus:
     """Load the documents named by `spec` (data.corpus), with `task`'s problems mixed in when given."""
     if task:
-        return with_task(None if spec == "none" else load_corpus(spec, text_field), task, task_problems)
+        return with_task(None if spec == "none" else load_corpus(spec, text_field), task, task_problems,
+                         task_prompted)
     import datasets
 
     if spec.startswith("builtin:"):

@@ -3,6 +3,8 @@
 The cache key hashes (corpus content, tokenizer, seq_len, split), so any change rebuilds and nothing stale is
 read. Documents go to train or validation by a hash of their text (deterministic, independent of order);
 each split is the concatenation of its documents, EOS between them, cut into packed rows of seq_len tokens.
+A prompted task's problems (data.task_format) are rows of their own instead: the prompt, the answer, then EOS
+up to seq_len, with a `fixed` column marking the prompt tokens that the noise never masks.
 Batches are a pure function of (seed, step), so a resumed run sees exactly the batches it would have seen.
 """
 
@@ -48,26 +50,39 @@ def split_documents(texts: list[str], val_fraction: float) -> tuple[list[int], l
 
 
 class PackedSequences:
-    """Fixed-length token rows, memory-mapped from Arrow IPC shards (no copy until a batch is gathered)."""
+    """Fixed-length token rows, memory-mapped from Arrow IPC shards (no copy until a batch is gathered).
+    Shards of prompted rows also hold `fixed`: 1 where a token is a prompt's, never masked."""
 
     def __init__(self, shard_paths: list[Path], seq_len: int):
         self.seq_len = seq_len
-        self._shards = []
+        self._shards, self._fixed = [], []
         for path in shard_paths:
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
             self._shards.append(table.column("tokens").chunk(0).to_numpy(zero_copy_only=True).reshape(-1, seq_len))
+            fixed = table.column("fixed").chunk(0).to_numpy(zero_copy_only=True) if "fixed" in table.column_names \
+                else None
+            self._fixed.append(None if fixed is None else fixed.reshape(-1, seq_len))
         self._starts = np.cumsum([0] + [len(s) for s in self._shards])
+        self.prompted = any(f is not None for f in self._fixed)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    def gather(self, rows) -> torch.Tensor:
+    def _gather(self, arrays, rows, dtype) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         shard = np.searchsorted(self._starts, rows, side="right") - 1
-        out = np.empty((len(rows), self.seq_len), dtype=np.int64)
+        out = np.zeros((len(rows), self.seq_len), dtype=dtype)
         for i, (s, r) in enumerate(zip(shard, rows)):
-            out[i] = self._shards[s][r - self._starts[s]]
-        return torch.from_numpy(out)
+            if arrays[s] is not None:
+                out[i] = arrays[s][r - self._starts[s]]
+        return out
+
+    def gather(self, rows) -> torch.Tensor:
+        return torch.from_numpy(self._gather(self._shards, rows, np.int64))
+
+    def gather_fixed(self, rows) -> torch.Tensor | None:
+        """Which tokens of these rows are never masked (prompts); None when this split has no prompted rows."""
+        return torch.from_numpy(self._gather(self._fixed, rows, np.bool_)) if self.prompted else None
 
 
 @dataclass
@@ -97,14 +112,25 @@ class TokenData:
                             f"{self.train.seq_len} tokens, fewer than one batch (train.batch_size={batch_size}); "
                             f"use a larger corpus, a shorter seq_len or a smaller batch")
 
-    def train_batch(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
-        return self.train.gather(self.train_rows(step, batch_size, seed))
+    def train_batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The tokens of step `step`'s batch and which of them are never masked (None: any may be)."""
+        rows = self.train_rows(step, batch_size, seed)
+        return self.train.gather(rows), self.train.gather_fixed(rows)
+
+    def _val_rows(self, n_batches: int, batch_size: int) -> list[np.ndarray]:
+        n = min(len(self.val), n_batches * batch_size)
+        rows = np.linspace(0, len(self.val) - 1, n).round().astype(np.int64)
+        return [rows[i:i + batch_size] for i in range(0, n, batch_size)]
 
     def val_batches(self, n_batches: int, batch_size: int) -> list[torch.Tensor]:
         """Fixed validation batches: rows spread evenly over the validation split (same rows every time)."""
-        n = min(len(self.val), n_batches * batch_size)
-        rows = np.linspace(0, len(self.val) - 1, n).round().astype(np.int64)
-        return [self.val.gather(rows[i:i + batch_size]) for i in range(0, n, batch_size)]
+        return [self.val.gather(rows) for rows in self._val_rows(n_batches, batch_size)]
+
+    def val_fixed(self, n_batches: int, batch_size: int) -> list[torch.Tensor] | None:
+        """The never-masked tokens of val_batches' rows, batch by batch; None when there are none."""
+        if not self.val.prompted:
+            return None
+        return [self.val.gather_fixed(rows) for rows in self._val_rows(n_batches, batch_size)]
 
 
 def _get_tokenizer(cfg: DataConfig, corpus, train_idx: list[int], root: Path):
@@ -118,19 +144,29 @@ def _get_tokenizer(cfg: DataConfig, corpus, train_idx: list[int], root: Path):
 
 
 def _write_split(docs, eos_id: int, seq_len: int, out_dir: Path, split: str) -> list[str]:
-    """Pack the documents' token ids (EOS after each) into shards of whole rows; return the shard file names."""
+    """Pack the documents' token ids (EOS after each) into shards of whole rows; a prompted document (n_fixed >
+    0) becomes a row of its own, EOS-padded, after the packed ones. Return the shard file names."""
     shard_len = max(1, SHARD_TOKENS // seq_len) * seq_len
-    names, pending, pending_len = [], [], 0
+    names, pending, pending_len, prompted = [], [], 0, []
 
-    def flush(tokens: np.ndarray):
+    def flush(tokens: np.ndarray, fixed: np.ndarray | None = None):
         name = f"{split}-{len(names):05d}.arrow"
-        table = pa.table({"tokens": pa.array(tokens, type=pa.uint32())})
+        columns = {"tokens": pa.array(tokens, type=pa.uint32())}
+        if fixed is not None:
+            columns["fixed"] = pa.array(fixed, type=pa.uint8())
+        table = pa.table(columns)
         with pa.OSFile(str(out_dir / name), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
         names.append(name)
 
     for batch in docs.iter(batch_size=1024):
-        for ids in batch["ids"]:
+        for ids, n_fixed in zip(batch["ids"], batch["n_fixed"] if "n_fixed" in batch else [0] * len(batch["ids"])):
+            if n_fixed:
+                if len(ids) + 1 > seq_len:
+                    raise DataError(f"data.seq_len: a task problem takes {len(ids) + 1} tokens with its EOS, more "
+                                    f"than a row of {seq_len}; raise data.seq_len to at least {len(ids) + 1}")
+                prompted.append((ids, n_fixed))
+                continue
             pending.append(np.asarray(ids + [eos_id], dtype=np.uint32))
             pending_len += len(ids) + 1
             if pending_len >= shard_len:
@@ -142,6 +178,15 @@ def _write_split(docs, eos_id: int, seq_len: int, out_dir: Path, split: str) -> 
         full = (len(buffer) // seq_len) * seq_len  # the tail shorter than one row is dropped
         if full:
             flush(buffer[:full])
+    rows_per_shard = shard_len // seq_len
+    for start in range(0, len(prompted), rows_per_shard):
+        chunk = prompted[start:start + rows_per_shard]
+        tokens = np.full((len(chunk), seq_len), eos_id, dtype=np.uint32)
+        fixed = np.zeros((len(chunk), seq_len), dtype=np.uint8)
+        for row, (ids, n_fixed) in enumerate(chunk):
+            tokens[row, :len(ids)] = ids
+            fixed[row, :n_fixed] = 1
+        flush(tokens.reshape(-1), fixed.reshape(-1))
     return names
 
 
@@ -159,7 +204,7 @@ def _unigram_ppl(train: PackedSequences, val: PackedSequences, n_ids: int) -> fl
 def load_token_data(cfg: DataConfig) -> TokenData:
     """Tokenize the corpus into the cache if needed, then open it memory-mapped."""
     root = cache_root(cfg)
-    corpus = load_corpus(cfg.corpus, cfg.text_field, cfg.task, cfg.task_problems)
+    corpus = load_corpus(cfg.corpus, cfg.text_field, cfg.task, cfg.task_problems, cfg.task_format == "prompted")
     texts = corpus.documents["text"]
     if len(texts) < 2:
         raise DataError(f"data.corpus: {cfg.corpus} has {len(texts)} document; need at least 2 to hold one out "
@@ -179,12 +224,22 @@ def load_token_data(cfg: DataConfig) -> TokenData:
     return TokenData(train, val, tok, mask, meta, path)
 
 
+def _tokenize(tok, batch: dict) -> dict:
+    """Token ids of a batch of documents; with prompts, the prompt and the rest are encoded apart (as the
+    evaluation encodes a prompt alone) and n_fixed counts the prompt's tokens."""
+    if "prompt" not in batch:
+        return {"ids": tok.encode_batch(batch["text"])}
+    prompts = tok.encode_batch(batch["prompt"])
+    rests = tok.encode_batch([text[len(prompt):] for text, prompt in zip(batch["text"], batch["prompt"])])
+    return {"ids": [p + r for p, r in zip(prompts, rests)], "n_fixed": [len(p) for p in prompts]}
+
+
 def _build(cfg: DataConfig, corpus, tok, train_idx, val_idx, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".building-"))
     try:
-        tokenized = corpus.documents.map(lambda b: {"ids": tok.encode_batch(b["text"])}, batched=True,
-                                         remove_columns=["text"], desc="tokenizing")
+        tokenized = corpus.documents.map(lambda b: _tokenize(tok, b), batched=True,
+                                         remove_columns=corpus.documents.column_names, desc="tokenizing")
         meta = {"corpus": corpus.name, "corpus_sha256": corpus.fingerprint, "tokenizer": tok.fingerprint,
                 "seq_len": cfg.seq_len, "val_fraction": cfg.val_fraction,
                 "documents": {"train": len(train_idx), "val": len(val_idx)}}

@@ -30,10 +30,14 @@ def stratified_t(n_points: int) -> torch.Tensor:
     return EPS + (1 - EPS) * (torch.arange(n_points) + 0.5) / n_points
 
 
-def mask_tokens(x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator):
-    """Mask each token of row b with probability t[b]. Returns (noised tokens, boolean mask)."""
+def mask_tokens(x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator,
+                fixed: torch.Tensor | None = None):
+    """Mask each token of row b with probability t[b], never where `fixed` (a prompt) is set.
+    Returns (noised tokens, boolean mask)."""
     draws = torch.rand(x.shape, generator=generator).to(x.device)
     masked = draws < t.to(x.device)[:, None]
+    if fixed is not None:
+        masked &= ~fixed.to(x.device)
     return torch.where(masked, torch.full_like(x, mask_id), x), masked
 
 
@@ -57,11 +61,11 @@ class NoisedBatch:
 
 
 def noise_batch(x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator,
-                pad_to: int = 1, rows: slice = slice(None)) -> NoisedBatch:
-    """Draw the masks of `x` (on the host, from `generator`: the same masks on any device) at ratios `t`, and
-    keep `rows` of the batch: a data-parallel rank draws the whole batch's masks and keeps its share, so any
-    number of ranks trains on exactly the masks one process would."""
-    xt, masked = mask_tokens(x, t, mask_id, generator)
+                pad_to: int = 1, rows: slice = slice(None), fixed: torch.Tensor | None = None) -> NoisedBatch:
+    """Draw the masks of `x` (on the host, from `generator`: the same masks on any device) at ratios `t`, never
+    on `fixed` tokens, and keep `rows` of the batch: a data-parallel rank draws the whole batch's masks and keeps
+    its share, so any number of ranks trains on exactly the masks one process would."""
+    xt, masked = mask_tokens(x, t, mask_id, generator, fixed)
     x, t, xt, masked = x[rows], t[rows], xt[rows], masked[rows]
     flat = masked.reshape(-1).nonzero().squeeze(1)
     n = len(flat)
@@ -82,11 +86,12 @@ def weighted_ce_sum(model, batch: NoisedBatch, n_loops: int | None = None) -> to
     return linear_cross_entropy(h, head, batch.targets, batch.weight)
 
 
-def elbo_loss(model, x: torch.Tensor, mask_id: int, generator: torch.Generator,
-              n_loops: int | None = None, pad_to: int = 1, rows: slice = slice(None)) -> torch.Tensor:
+def elbo_loss(model, x: torch.Tensor, mask_id: int, generator: torch.Generator, n_loops: int | None = None,
+              pad_to: int = 1, rows: slice = slice(None), fixed: torch.Tensor | None = None) -> torch.Tensor:
     """Training loss of clean tokens `x` (host tensor; moved to the model's device here): sum over masked
-    positions of CE/t, divided by the number of tokens in the batch (in `rows` of it, for one rank's share)."""
-    batch = noise_batch(x, antithetic_t(x.shape[0], generator), mask_id, generator, pad_to, rows)
+    positions of CE/t, divided by the number of tokens in the batch (in `rows` of it, for one rank's share).
+    `fixed` tokens (prompts) are never masked: the loss is then the answers' given their prompts."""
+    batch = noise_batch(x, antithetic_t(x.shape[0], generator), mask_id, generator, pad_to, rows, fixed)
     batch = batch.to(next(model.parameters()).device)
     return weighted_ce_sum(model, batch, n_loops) / batch.n_tokens
 
@@ -150,8 +155,9 @@ def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor
 
 @torch.no_grad()
 def validation_elbo(model, batches: list[torch.Tensor], mask_id: int, n_t: int, seed: int,
-                    n_loops: int | None = None, autocast=None) -> float:
-    """Negative ELBO in nats/token on fixed batches, each sequence scored at every t of a stratified grid.
+                    n_loops: int | None = None, autocast=None, fixed: list[torch.Tensor] | None = None) -> float:
+    """Negative ELBO in nats/token on fixed batches, each sequence scored at every t of a stratified grid;
+    `fixed` (one per batch, or None) marks prompt tokens, never masked.
 
     The masks come from a generator seeded by `seed` alone, so two evaluations of the same weights see the
     same work and give the same number, and every trial of a sweep is scored on identical inputs.
@@ -160,11 +166,11 @@ def validation_elbo(model, batches: list[torch.Tensor], mask_id: int, n_t: int, 
     grid = stratified_t(n_t)
     device = next(model.parameters()).device
     total, tokens = 0.0, 0
-    for x in batches:
+    for i, x in enumerate(batches):
         x = x.cpu()  # masks are drawn on the host (no-op for the host batches the callers keep)
         for t_value in grid:
             t = t_value.expand(x.shape[0])
-            batch = noise_batch(x, t, mask_id, generator).to(device)
+            batch = noise_batch(x, t, mask_id, generator, fixed=None if fixed is None else fixed[i]).to(device)
             with autocast() if autocast else contextlib.nullcontext():
                 total += weighted_ce_sum(model, batch, n_loops).item()
             tokens += x.numel()

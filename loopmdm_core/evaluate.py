@@ -8,14 +8,17 @@ token each loop count costs, so loss can be read against inference compute.
 from . import diffusion, flops
 
 
-def loop_scaling(model, batches, mask_id: int, loops, n_t: int = 8, seed: int = 1234, autocast=None) -> list[dict]:
-    """One row per loop count: {"n_loops", "val_loss", "val_ppl", "forward_flops_per_token"}."""
+def loop_scaling(model, batches, mask_id: int, loops, n_t: int = 8, seed: int = 1234, autocast=None,
+                 fixed=None) -> list[dict]:
+    """One row per loop count: {"n_loops", "val_loss", "val_ppl", "forward_flops_per_token"}; `fixed` as
+    diffusion.validation_elbo takes it (prompt tokens, never masked)."""
     was_training = model.training
     model.eval()
     seq_len = batches[0].shape[1]
     rows = []
     for k in loops:
-        loss = diffusion.validation_elbo(model, batches, mask_id, n_t, seed, n_loops=k, autocast=autocast)
+        loss = diffusion.validation_elbo(model, batches, mask_id, n_t, seed, n_loops=k, autocast=autocast,
+                                         fixed=fixed)
         rows.append({"n_loops": k, "val_loss": loss, "val_ppl": diffusion.perplexity(loss),
                      "forward_flops_per_token": flops.forward_flops_per_token(model.cfg, seq_len, k)})
     model.train(was_training)
@@ -31,7 +34,8 @@ def inference_eval(model, data, cfg, max_loops: int = 0, attention_t: float = 0.
     batches = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)  # host: validation draws masks there
     top = max_loops or 2 * cfg.model.n_loops
     out = {"loop_scaling": loop_scaling(model, batches, data.mask_id, range(1, top + 1), cfg.eval.n_t, cfg.eval.seed,
-                                        autocast=autocast_for(device, cfg.train.dtype))}
+                                        autocast=autocast_for(device, cfg.train.dtype),
+                                        fixed=data.val_fixed(cfg.eval.n_batches, cfg.eval.batch_size))}
     if attention_t > 0:
         out["attention"] = masked_attention_share(model, batches[0].to(device), attention_t, data.mask_id, seed=cfg.eval.seed)
     return out
@@ -49,30 +53,35 @@ def default_schedules(n_loops: int) -> list[str]:
 def task_eval(model, data, cfg, test: str, n_problems: int, answer_tokens: int, n_steps: int,
               schedule_specs=()) -> list[dict]:
     """Accuracy and forward FLOPs per problem on a reasoning task's held-out problems, per loop schedule.
-    `test` names the problems (tasks.py spec; "" = the test split of the task the model was trained with)."""
+    `test` names the problems (tasks.py spec; "" = the test split of the task the model was trained with).
+    A model trained on prompted rows (data.task_format) answers as it was trained, in the rest of a row of
+    data.seq_len tokens (at least `answer_tokens`); otherwise in `answer_tokens` tokens."""
     from . import schedules, tasks
     problems = tasks.problems(test or cfg.data.task, "test", n_problems)
+    fill_to = cfg.data.seq_len if cfg.data.task and cfg.data.task_format == "prompted" else 0
     rows = []
     for spec in schedule_specs or default_schedules(cfg.model.n_loops):
         out = task_accuracy(model, data.tokenizer, problems, data.mask_id, answer_tokens, n_steps,
-                            schedule=schedules.parse(spec))
+                            schedule=schedules.parse(spec), fill_to=fill_to)
         rows.append({"schedule": spec, "accuracy": out["accuracy"], "problems": out["problems"],
                      "forward_flops_per_problem": out["forward_flops"] / out["problems"]})
     return rows
 
 
 def task_accuracy(model, tokenizer, problems, mask_id: int, answer_tokens: int, n_steps: int, schedule=None,
-                  method: str = "confidence", seed: int = 0) -> dict:
+                  method: str = "confidence", seed: int = 0, fill_to: int = 0) -> dict:
     """Exact-match accuracy on `problems` (tasks.py): each prompt is completed greedily with `answer_tokens`
-    generated tokens, cut at the first end of document, the first number extracted and compared; plus the
-    forward FLOPs the generations cost. One problem per call: prompts differ in length."""
+    generated tokens, or more to fill a row of `fill_to` tokens (a prompted task's row), cut at the first end of
+    document, the first number extracted and compared; plus the forward FLOPs the generations cost. One problem
+    per call: prompts differ in length."""
     import torch
 
     from .sample import sample
     from .tasks import is_correct
     correct, spent = 0, 0
     for problem, ids in zip(problems, tokenizer.encode_batch([p.prompt for p in problems])):
-        result = sample(model, batch_size=1, length=len(ids) + answer_tokens, mask_id=mask_id, n_tokens=mask_id,
+        length = max(fill_to, len(ids) + answer_tokens)
+        result = sample(model, batch_size=1, length=length, mask_id=mask_id, n_tokens=mask_id,
                         n_steps=n_steps, method=method, prompt=torch.tensor(ids, dtype=torch.long),
                         schedule=schedule, seed=seed, temperature=0.0)
         spent += result.flops

@@ -136,9 +136,11 @@ def problems(spec: str, split: str, n: int, seed: int = 0) -> list[Problem]:
     return found[:n] if n else found
 
 
-def documents(spec: str, n: int) -> list[str]:
-    """The task's train problems with their answers, one per document: once tokenized an EOS follows every
-    answer, which is where a generated answer is cut (evaluate.task_accuracy)."""
-    return [f"{p.prompt}{p.answer}" for p in problems(spec, "train", n)]
+def documents(spec: str, n: int) -> tuple[list[str], list[str]]:
+    """The task's train problems as (texts, prompts): each text is a prompt with its answer, one per document;
+    once tokenized an EOS follows every answer, which is where a generated answer is cut
+    (evaluate.task_accuracy)."""
+    train = problems(spec, "train", n)
+    return [f"{p.prompt}{p.answer}" for p in train], [p.prompt for p in train]
 
 

@@ -199,13 +199,13 @@ class TrainStep:
             self.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                  gradient_as_bucket_view=True, bucket_cap_mb=100)
 
-    def __call__(self, step: int, x: torch.Tensor, lr: float) -> torch.Tensor:
-        """Train on the host batch `x` (its masks from the step's own RNG) at learning rate `lr`."""
+    def __call__(self, step: int, x: torch.Tensor, lr: float, fixed: torch.Tensor | None = None) -> torch.Tensor:
+        """Train on the host batch `x` (its masks from the step's own RNG, never on `fixed` tokens) at `lr`."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast() if self.autocast else contextlib.nullcontext():
             loss = diffusion.elbo_loss(self.model, x, self.mask_token, step_generator(self.cfg.train.seed, step),
-                                       pad_to=self.pad_to, rows=self.rows)
+                                       pad_to=self.pad_to, rows=self.rows, fixed=fixed)
         loss.backward()
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip, foreach=True)
@@ -247,6 +247,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     data = load_token_data(cfg.data)
     data.require_batch(cfg.train.batch_size)
     val_batches = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)  # host: masks are drawn there
+    val_fixed = data.val_fixed(cfg.eval.n_batches, cfg.eval.batch_size)
 
     torch.manual_seed(cfg.train.seed)
     model = LoopMDM(cfg.model).to(device)
@@ -268,7 +269,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     def evaluate() -> float:
         model.eval()
         loss = diffusion.validation_elbo(model, val_batches, data.mask_id, cfg.eval.n_t, cfg.eval.seed,
-                                         autocast=autocast)
+                                         autocast=autocast, fixed=val_fixed)
         model.train()
         return loss
 
@@ -279,7 +280,8 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     model.train()
     for step in range(start, run.steps):
         lr = lr_at(step, run.steps, cfg.train)
-        loss_acc += train_step(step, data.train_batch(step, cfg.train.batch_size, cfg.train.seed), lr)
+        x, fixed = data.train_batch(step, cfg.train.batch_size, cfg.train.seed)
+        loss_acc += train_step(step, x, lr, fixed)
         failpoints.reached("step")
         window_steps += 1
         done = step + 1

@@ -61,7 +61,7 @@ class TaskEval:
     """Reasoning-task accuracy per inference loop schedule (evaluate.task_eval)."""
     problems: int = 0  # held-out problems scored per schedule; 0 skips the task evaluation
     test: str = ""  # "": the test split of base.data.task; else a task (arithmetic[:DIGITS], gsm8k:TEST.jsonl)
-    answer_tokens: int = 4  # tokens generated after each prompt
+    answer_tokens: int = 4  # tokens generated after each prompt (at least: a prompted task fills its row)
     steps: int = 4  # sampling steps for those tokens
     schedules: tuple[str, ...] = ()  # loop schedules (schedules.py); (): fixed 1..2x trained + adaptive ones
 

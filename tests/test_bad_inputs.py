@@ -154,6 +154,8 @@ def test_driver_level_problems_fail_before_any_run(tmp_path, tiny_corpus, cache_
         (with_change("base.data.corpus", str(tmp_path / "missing.jsonl")), (), "does not exist"),
         (with_change("base.data.corpus", str(small)), (), "fewer than one batch"),
         (with_change("base.data.corpus", "builtin:poems"), (), "unknown built-in corpus 'poems'"),
+        (with_change("base.data", {"task": "arithmetic:4", "task_problems": 50, "seq_len": 8}), (),
+         "data.seq_len: a task problem takes"),
         (with_change("tracking", {"uri": "http://127.0.0.1:9"}), (), "unreachable"),
         (with_change("resources", {"cpu": 1, "gpu": 1}), (), "resources.gpu: a trial asks for 1 GPU"),
         (with_change("resources", {"cpu": 4096}), (), "resources.cpu: a trial asks for 4096 CPU"),

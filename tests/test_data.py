@@ -28,8 +28,9 @@ def test_cache_is_built_once_and_rows_are_packed(tiny_corpus, cache_dir):
     assert again.path == first.path and shard.stat().st_mtime_ns == mtime  # read back, not rebuilt
     assert first.meta["documents"]["train"] + first.meta["documents"]["val"] == 24
     assert first.meta["documents"]["val"] >= 1
-    batch = first.train_batch(0, 8, seed=0)
+    batch, fixed = first.train_batch(0, 8, seed=0)
     assert batch.shape == (8, 32) and int(batch.max()) < first.mask_id
+    assert fixed is None and first.val_fixed(2, 4) is None  # plain text: every token may be masked
     # Packed: the rows of a shard are the document stream cut every seq_len tokens, EOS between documents.
     stream = np.concatenate([s.reshape(-1) for s in first.train._shards])
     assert (stream == first.tokenizer.eos_id).sum() >= first.meta["documents"]["train"] - 1

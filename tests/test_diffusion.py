@@ -36,6 +36,23 @@ def test_loss_matches_slow_independent_computation():
     assert math.isclose(loss.item(), slow_elbo(model, x, xt, t), rel_tol=1e-5)
 
 
+def test_prompted_loss_scores_only_the_unfixed_tokens():
+    """With the first 4 tokens of each row fixed (a prompt), the loss is the slow ELBO over the masks the same
+    draws give the other tokens: fixed tokens are never masked, never scored, and cost no draw of their own."""
+    torch.manual_seed(0)
+    model = LoopMDM(CFG)
+    x = torch.randint(0, MASK, (4, 10), generator=torch.Generator().manual_seed(1))
+    fixed = torch.zeros(4, 10, dtype=torch.bool)
+    fixed[:, :4] = True
+    loss = diffusion.elbo_loss(model, x, MASK, torch.Generator().manual_seed(7), fixed=fixed)
+    gen = torch.Generator().manual_seed(7)
+    t = diffusion.antithetic_t(4, gen)
+    _, unfixed_masks = diffusion.mask_tokens(x, t, MASK, gen)  # the same draws without the prompt
+    xt = torch.where(unfixed_masks & ~fixed, MASK, x)
+    assert (xt[:, :4] == x[:, :4]).all() and (xt[:, 4:] == MASK).any()
+    assert math.isclose(loss.item(), slow_elbo(model, x, xt, t), rel_tol=1e-5)
+
+
 def test_antithetic_t_covers_the_range_evenly():
     t = diffusion.antithetic_t(8, torch.Generator().manual_seed(3))
     assert t.min() >= diffusion.EPS and t.max() < 1

@@ -38,7 +38,9 @@ def test_gsm8k_reader_and_task_specs(tmp_path):
     with pytest.raises(DataError, match="bad.jsonl:1"):
         tasks.read_gsm8k(bad)
     assert tasks.problems(f"gsm8k:{path}", "test", 0) == [p]
-    assert tasks.documents("arithmetic:3", 5)[0] == "{}{}".format(*astuple(tasks.arithmetic(1, "train", digits=3)[0]))
+    texts, prompts = tasks.documents("arithmetic:3", 5)
+    first = tasks.arithmetic(1, "train", digits=3)[0]
+    assert texts[0] == "{}{}".format(*astuple(first)) and prompts[0] == first.prompt
     for bad in ("arithmetic:0", "arithmetic:x", "gsm8k", "gsm8k:", "sudoku"):
         with pytest.raises(DataError, match="expected arithmetic"):
             tasks.parse_spec(bad)
@@ -51,8 +53,9 @@ def test_task_mixed_into_the_corpus(tiny_config):
     trains on the task alone. Digits are single tokens, so numbers are learnable digit by digit."""
     from loopmdm_core.data import load_token_data
     plain = load_token_data(tiny_config().data)
-    mixed = load_token_data(tiny_config(data={"task": "arithmetic", "task_problems": 400}).data)
-    alone = load_token_data(tiny_config(data={"corpus": "none", "task": "arithmetic", "task_problems": 400}).data)
+    mixed = load_token_data(tiny_config(data={"task": "arithmetic", "task_problems": 400, "task_format": "text"}).data)
+    alone = load_token_data(tiny_config(data={"corpus": "none", "task": "arithmetic", "task_problems": 400,
+                                              "task_format": "text"}).data)
     assert len({plain.path, mixed.path, alone.path}) == 3  # each its own cache entry
     docs = mixed.meta["documents"]
     assert docs["train"] + docs["val"] == plain.meta["documents"]["train"] + plain.meta["documents"]["val"] + 400
@@ -63,6 +66,42 @@ def test_task_mixed_into_the_corpus(tiny_config):
     assert not any(p.prompt in train_prompts for p in tasks.arithmetic(100, "test"))
     ids = alone.tokenizer.encode_batch(["12+345=357"])[0]
     assert [alone.tokenizer.decode([i]) for i in ids] == list("12+345=357")
+    assert alone.train_batch(0, 4, seed=0)[1] is None  # text format: packed, every token maskable
+
+
+def test_prompted_task_rows(tiny_config):
+    """task_format prompted: one problem per row, its prompt tokens flagged fixed (never masked), then the
+    answer and EOS to the end of the row; mixed with a corpus, the corpus stays packed and unflagged."""
+    import torch
+
+    from loopmdm_core import diffusion
+    from loopmdm_core.data import load_token_data
+    data = load_token_data(tiny_config(data={"corpus": "none", "task": "arithmetic", "task_problems": 300,
+                                             "seq_len": 12}).data)
+    tok, eos = data.tokenizer, data.tokenizer.eos_id
+    by_prompt = {p.prompt: p.answer for p in tasks.arithmetic(300, "train")}
+    x, fixed = data.train_batch(0, 64, seed=0)
+    assert x.shape == fixed.shape == (64, 12)
+    for row, flags in zip(x.tolist(), fixed.tolist()):
+        n = sum(flags)
+        assert flags == [True] * n + [False] * (12 - n)  # the prompt is the row's head
+        prompt = tok.decode(row[:n])
+        answer_ids = row[n:row.index(eos)]
+        assert by_prompt[prompt] == tok.decode(answer_ids)  # the row's answer is its prompt's
+        assert set(row[row.index(eos):]) == {eos}  # EOS pads the rest
+    assert len(data.val_fixed(2, 8)) == 2
+    # The noise never masks a prompt token, at any ratio; the answers are masked at the ratio.
+    xt, masked = diffusion.mask_tokens(x, torch.full((64,), 0.999), data.mask_id, torch.Generator().manual_seed(0),
+                                       fixed)
+    assert not masked[fixed].any() and masked[~fixed].all() and (xt[fixed] == x[fixed]).all()
+    # Mixed into a corpus: the corpus rows stay packed text, nothing of them fixed.
+    mixed = load_token_data(tiny_config(data={"task": "arithmetic", "task_problems": 300, "seq_len": 12}).data)
+    rows = range(len(mixed.train))
+    flags = mixed.train.gather_fixed(rows)
+    assert 0 < int(flags.any(1).sum()) < len(mixed.train)  # some rows are problems, the others text
+    with pytest.raises(DataError, match="data.seq_len"):
+        load_token_data(tiny_config(data={"corpus": "none", "task": "arithmetic:4", "task_problems": 50,
+                                          "seq_len": 8}).data)
 
 
 def test_task_accuracy_pipeline_counts_flops(tmp_path):
