@@ -2,7 +2,8 @@
 
 `arithmetic` is a synthetic task small models learn on a CPU (2 digits: 95% of held-out problems after ~3
 minutes on 2 cores as prompted rows, benchmarks/task_loops.py): multi-digit addition/subtraction made from a
-seed, split into train and test by a hash of the problem text (the splits never share a problem). `read_gsm8k` reads a GSM8K jsonl file ({"question", "answer"} with the answer ending in "#### N") when the user
+seed, split into train and test by a hash of the problem text (the splits never share a problem).
+`read_gsm8k` reads a GSM8K jsonl file ({"question", "answer"} with the answer ending in "#### N") when the user
 has one. A task is named by a spec string (data.task, infer.task.test): `arithmetic[:DIGITS]` or `gsm8k:PATH`;
 `problems` resolves it, `documents` gives its train problems (texts and their prompts) to mix into training.
 """
