@@ -90,8 +90,8 @@ def test_prompted_task_rows(tiny_config):
         assert by_prompt[prompt] == tok.decode(answer_ids)  # the row's answer is its prompt's
         assert set(row[row.index(eos):]) == {eos}  # EOS pads the rest
     assert len(data.val_fixed(2, 8)) == 2
-    # The noise never masks a prompt token, at any ratio; the answers are masked at the ratio.
-    xt, masked = diffusion.mask_tokens(x, torch.full((64,), 0.999), data.mask_id, torch.Generator().manual_seed(0),
+    # The noise never masks a prompt token, even at t = 1, where it masks every other token.
+    xt, masked = diffusion.mask_tokens(x, torch.ones(64), data.mask_id, torch.Generator().manual_seed(0),
                                        fixed)
     assert not masked[fixed].any() and masked[~fixed].all() and (xt[fixed] == x[fixed]).all()
     # Mixed into a corpus: the corpus rows stay packed text, nothing of them fixed.
