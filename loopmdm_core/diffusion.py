@@ -98,7 +98,7 @@ def elbo_loss(model, x: torch.Tensor, mask_id: int, generator: torch.Generator, 
 
 def _ce_chunk(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, with_grad: bool):
     """Weighted CE sum of one chunk of logits and, when asked, its gradient with respect to them, in the
-    logits' dtype; softmax statistics in fp32. On CUDA this runs compiled: one fused read of the logits."""
+    logits' dtype; softmax statistics in fp32. The CPU's version; CUDA runs cross_entropy_kernel's."""
     z = logits.float()
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
     total = (weight * (lse - z.gather(1, targets[:, None])).squeeze(1)).sum()
@@ -110,8 +110,10 @@ def _ce_chunk(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
 
 @functools.cache
 def _ce_chunk_for(device_type: str):
-    # eager on the CPU: no compiler needed there, and its vocabularies are small
-    return torch.compile(_ce_chunk, dynamic=True) if device_type == "cuda" else _ce_chunk
+    if device_type == "cuda":  # one read of the logits, the gradient written over them (Triton)
+        from .cross_entropy_kernel import weighted_ce_
+        return weighted_ce_
+    return _ce_chunk
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -125,7 +127,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         hc, wc = h.to(dtype), w.to(dtype)
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hc) if needs_grad else None
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if needs_grad else None
+        grad_w = None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         ce_chunk = _ce_chunk_for(h.device.type)
         with torch.autocast(h.device.type, enabled=False):
@@ -135,7 +137,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 total += part
                 if needs_grad:
                     grad_h[rows] = g @ wc
-                    grad_w.add_(g.t() @ hc[rows])  # bf16 product into the fp32 sum: no fp32 temporary
+                    part_w = g.t() @ hc[rows]
+                    if grad_w is None:
+                        grad_w = part_w
+                    else:  # several chunks: their sum is kept in fp32 (.float() is a no-op once it is)
+                        grad_w = grad_w.float().add_(part_w)
+        if needs_grad and grad_w is None:  # no rows at all
+            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (h.dtype, w.dtype)
         return total
@@ -143,12 +151,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        return (grad_h * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]), None, None, None
+        return _scaled(grad_h, grad_out, ctx.dtypes[0]), _scaled(grad_w, grad_out, ctx.dtypes[1]), None, None, None
+
+
+def _scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # grad * scale written straight in the parameter's dtype: one pass over a (vocab x d) gradient, not two
+    return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
 
 
 def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
-                         max_chunk_elements: int = 1 << 28) -> torch.Tensor:
-    """Weighted sum of the cross-entropies of the head `w` applied to rows `h`: never the full logits at once."""
+                         max_chunk_elements: int | None = None) -> torch.Tensor:
+    """Weighted sum of the cross-entropies of the head `w` applied to rows `h`: never the full logits at once.
+    Chunks of at most 2^30 logits on CUDA (2 GiB in bf16: one chunk for a 32 x 1024 batch at GPT-2's vocabulary,
+    so the head's weight gradient is one matmul), 2^28 elsewhere (fp32 on the CPU)."""
+    if max_chunk_elements is None:
+        max_chunk_elements = 1 << 30 if h.is_cuda else 1 << 28
     chunk = max(1, max_chunk_elements // w.shape[0])
     return _LinearCrossEntropy.apply(h, w, targets, weight, chunk)
 

@@ -98,7 +98,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # The gain in the input's dtype: a bf16 stream with an fp32 gain would take rms_norm's unfused path.
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,6 +192,16 @@ class LoopMDM(nn.Module):
             self._rope[key] = rope_tables(seq_len, self.cfg.head_dim, self.cfg.rope_theta, device)
         return self._rope[key]
 
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        # Under autocast the residual stream is kept in the autocast dtype (bf16), as torchtitan's and nanochat's
+        # bf16 training keep it: every norm, residual add and their gradients then move half the bytes of an
+        # fp32 stream (measured on an H100: benchmarks/throughput.py). Weights, optimizer state, the softmax
+        # statistics and the loss stay fp32. Without autocast (the CPU default) the stream stays fp32.
+        x = self.embed(idx)
+        if torch.is_autocast_enabled(idx.device.type):
+            x = x.to(torch.get_autocast_dtype(idx.device.type))
+        return x
+
     def layer_schedule(self, n_loops: int | None = None) -> list[int]:
         """Indices of the layers applied, in order, for one forward pass with `n_loops` loops."""
         cfg, n = self.cfg, self.cfg.n_loops if n_loops is None else n_loops
@@ -206,7 +217,7 @@ class LoopMDM(nn.Module):
         stops growing with the loop count, for about one extra forward of it."""
         cfg, n = self.cfg, self.cfg.n_loops if n_loops is None else n_loops
         cos, sin = self._rope_for(idx.shape[1], idx.device)
-        x = self.embed(idx)
+        x = self._embed(idx)
         if not (self.checkpoint_loops and torch.is_grad_enabled() and n > 1):
             for i in self.layer_schedule(n):
                 x = self.layers[i](x, cos, sin)
@@ -233,7 +244,7 @@ class LoopMDM(nn.Module):
             raise ValueError(f"need 1 <= min_loops <= max_loops, got {min_loops}, {max_loops}")
         cfg = self.cfg
         cos, sin = self._rope_for(idx.shape[1], idx.device)
-        x = self.embed(idx)
+        x = self._embed(idx)
         for i in range(cfg.loop_start):
             x = self.layers[i](x, cos, sin)
         loops = 0

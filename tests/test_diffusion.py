@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from loopmdm_core import diffusion
@@ -81,9 +82,10 @@ def test_validation_is_deterministic_and_uses_the_grid():
                                torch.tensor([0.125, 0.375, 0.625, 0.875]))
 
 
-def test_chunked_linear_cross_entropy_matches_autograd_reference():
-    """Value and gradients of the fused head + CE (chunks of 3 rows, zero-weight padding) against plain
-    autograd over full logits, for a model with a tied and an untied head."""
+@pytest.mark.parametrize("chunk_rows", [3, 1000])
+def test_chunked_linear_cross_entropy_matches_autograd_reference(chunk_rows):
+    """Value and gradients of the fused head + CE (chunks of 3 rows, or all rows in one chunk; zero-weight
+    padding) against plain autograd over full logits, for a model with a tied and an untied head."""
     import dataclasses
 
     import torch.nn.functional as F
@@ -95,7 +97,8 @@ def test_chunked_linear_cross_entropy_matches_autograd_reference():
                                       pad_to=8)
         assert (batch.weight == 0).any()  # padding present
         h = model(batch.xt).reshape(-1, CFG.d_model).index_select(0, batch.index)
-        got = diffusion.linear_cross_entropy(h, model.head.weight, batch.targets, batch.weight, max_chunk_elements=3 * 64)
+        got = diffusion.linear_cross_entropy(h, model.head.weight, batch.targets, batch.weight,
+                                            max_chunk_elements=chunk_rows * 64)
         got.backward()
         grads = [p.grad.clone() for p in model.parameters()]
         model.zero_grad()

@@ -87,3 +87,22 @@ def test_param_count_matches_module():
 def test_invalid_model_configs_name_the_field(change, field):
     problems = dataclasses.replace(CFG, **change).problems()
     assert len(problems) == 1 and problems[0].startswith(field)
+
+
+def test_residual_stream_in_the_autocast_dtype():
+    """Under bf16 autocast every layer gets (and returns) a bf16 residual stream; the output stays close to
+    the fp32 model's. Without autocast the stream is fp32."""
+    torch.manual_seed(0)
+    model = LoopMDM(ModelConfig(n_layers=3, d_model=64, n_heads=4, loop_start=1, loop_end=2, n_loops=2,
+                                vocab_size=100))
+    seen = []
+    for layer in model.layers:
+        layer.register_forward_hook(lambda mod, args, out: seen.append((args[0].dtype, out.dtype)))
+    idx = torch.randint(0, 100, (2, 16))
+    want = model(idx)
+    assert set(seen) == {(torch.float32, torch.float32)}
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(idx)
+    assert len(seen) == 4 and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+    assert (got.float() - want).norm() / want.norm() < 3e-2
