@@ -106,3 +106,19 @@ def test_residual_stream_in_the_autocast_dtype():
         got = model(idx)
     assert len(seen) == 4 and set(seen) == {(torch.bfloat16, torch.bfloat16)}
     assert (got.float() - want).norm() / want.norm() < 3e-2
+
+
+def test_swiglu_blocked_layout_is_silu_gate_times_up():
+    """The fused gate/up matmul's outputs alternate in blocks of 64 (gate, up, gate, ...): the layer equals
+    silu(x Wg) * (x Wu) Wd with Wg, Wu the alternate blocks of rows, also where d_ff is no multiple of 64."""
+    import torch.nn.functional as F
+
+    from loopmdm_core.model import SwiGLU
+    for d_ff, block in ((256, 64), (96, 96)):
+        torch.manual_seed(0)
+        mlp = SwiGLU(ModelConfig(d_model=32, n_heads=2, d_ff=d_ff))
+        rows = mlp.w_gate_up_blocked.weight.view(d_ff // block, 2, block, 32)
+        w_gate, w_up = rows[:, 0].reshape(d_ff, 32), rows[:, 1].reshape(d_ff, 32)
+        x = torch.randn(3, 5, 32)
+        want = F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), mlp.w_down.weight)
+        torch.testing.assert_close(mlp(x), want)
