@@ -133,7 +133,7 @@ class SwiGLU(nn.Module):
     """silu(x W_gate) * (x W_up), then W_down. W_gate and W_up are one matmul whose outputs alternate in blocks of
     64 features (gate 0-63, up 0-63, gate 64-127, ...): the backward then writes each block's two gradients
     side by side. With the two halves apart ([gate | up]) torch.compile's backward kernel read its inputs
-    twice: 3.3-3.5 ms against 2.8-2.9 ms per step on an H100 at the benchmark shape (benchmarks/throughput.py).
+    twice: 3.3-3.5 ms against 2.8-2.9 ms per step, profiled on an H100 at benchmarks/throughput.py's shape.
     The name says the layout, so a checkpoint of the [gate | up] layout fails to load instead of loading wrong."""
 
     BLOCK = 64
@@ -202,10 +202,11 @@ class LoopMDM(nn.Module):
         return self._rope[key]
 
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
-        # Under autocast the residual stream is kept in the autocast dtype (bf16), as torchtitan's and nanochat's
-        # bf16 training keep it: every norm, residual add and their gradients then move half the bytes of an
-        # fp32 stream (measured on an H100: benchmarks/throughput.py). Weights, optimizer state, the softmax
-        # statistics and the loss stay fp32. Without autocast (the CPU default) the stream stays fp32.
+        # Under autocast the residual stream is kept in the autocast dtype (bf16), as bf16 training does in
+        # torchtitan (FSDP's bf16 parameters) and nanochat (bf16 embeddings): every norm, residual add and their
+        # gradients then move half the bytes of an fp32 stream (2.3% more tokens/s on an H100 at the benchmark
+        # shape; the loss effect was within seed noise, see README's Performance). Weights, optimizer state, the
+        # softmax statistics and the loss stay fp32. Without autocast (the CPU default) the stream stays fp32.
         x = self.embed(idx)
         if torch.is_autocast_enabled(idx.device.type):
             x = x.to(torch.get_autocast_dtype(idx.device.type))
