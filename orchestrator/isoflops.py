@@ -154,8 +154,10 @@ class PowerLaw:
 
 def fit_power_law(c: Curve, grid: int = 400) -> PowerLaw | None:
     """Least squares in log L over a grid of E in [0, min L): for each E, log(L - E) is linear in log C.
-    Needs 3 points with decreasing loss; None otherwise (or when the best slope is not a decay)."""
-    if len(c) < 3 or c.loss.min() >= c.loss.max():
+    Needs 4 distinct budgets (FLOPs values) with decreasing loss: the law has 3 parameters, so through 3 it passes
+    exactly and its trend says nothing (a 3-point curve that drops in a jump once 'predicted' 0.00x). None
+    otherwise, or when the best slope is not a decay."""
+    if len(c) < 4 or c.loss.min() >= c.loss.max():
         return None
     x, best = np.log(c.flops), None
     for E in np.linspace(0, c.loss.min() * (1 - 1e-6), grid):

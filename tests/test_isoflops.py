@@ -85,6 +85,10 @@ def test_power_law_fit_recovers_parameters_and_predicts():
     assert iso.predicted_speedup(base, shifted, 1e15) == pytest.approx(2.0)
     assert iso.predicted_speedup(base, iso.PowerLaw(3.0, 50.0, 0.3), 1e15) is None
     assert iso.fit_power_law(iso.curve(C[:2], power(C[:2]))) is None
+    # 3 budgets, even with several seeds each, fit 3 parameters exactly: no trend to extrapolate
+    three = np.repeat(C[[0, 7, 15]], 2)
+    assert iso.fit_power_law(iso.curve(three, power(three) * np.tile([1.0, 1.01], 3))) is None
+    assert iso.fit_power_law(iso.curve(C[[0, 5, 10, 15]], power(C[[0, 5, 10, 15]]))) is not None
 
 
 def test_iso_curve_from_budget_finals():

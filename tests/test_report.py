@@ -49,6 +49,11 @@ def test_known_speedups_are_reported(store, tmp_path, capsys):
     # Two budgets: the iso-FLOPs (finished schedules) speedup is reported too.
     iso = {r["label"]: r for r in data["iso_flops"]}
     assert iso["loop[1,3)x2"]["vs_same_size"]["mean"] == pytest.approx(3.0, rel=1e-6)
+    # 20 eval points of one power law per curve: the fitted trends extrapolate the known factors, labelled
+    trend = {e["label"]: e for e in data["extrapolations"]}
+    assert trend["loop[1,3)x2"]["speedup_at_10x"] == pytest.approx(3.0, rel=1e-3)
+    assert trend["loop[1,3)x3"]["speedup_at_100x"] == pytest.approx(0.5, rel=1e-3)
+    assert "EXTRAPOLATION (power-law fit, not measured): loop[1,3)x2 vs same_size(4L): 3.00x at 10x" in printed
     for name in ("speedups.md", "speedups.csv", "speedups.json", "loss_vs_flops.png", "speedup_bars.png",
                  "loss_vs_loops.png", "index.html"):
         assert (out / name).stat().st_size > 500, name
