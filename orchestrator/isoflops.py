@@ -154,7 +154,7 @@ class PowerLaw:
 
 def fit_power_law(c: Curve, grid: int = 400) -> PowerLaw | None:
     """Least squares in log L over a grid of E in [0, min L): for each E, log(L - E) is linear in log C.
-    Needs 4 distinct budgets (FLOPs values) with decreasing loss: the law has 3 parameters, so through 3 it passes
+    Needs 4 distinct FLOPs points with decreasing loss: the law has 3 parameters, so through 3 points it passes
     exactly and its trend says nothing (a 3-point curve that drops in a jump once 'predicted' 0.00x). None
     otherwise, or when the best slope is not a decay."""
     if len(c) < 4 or c.loss.min() >= c.loss.max():
