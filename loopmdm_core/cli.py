@@ -167,11 +167,11 @@ def cmd_sample(args) -> int:
 def cmd_loops(args) -> int:
     from .evaluate import loop_scaling
     model, cfg, data = _load_run(args.run)
-    batches = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)
+    batches, fixed = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)
     top = args.max_loops or 2 * cfg.model.n_loops
     print(f"{'n_loops':>7}  {'val loss':>9}  {'val ppl':>8}  {'fwd FLOPs/token':>15}")
     for row in loop_scaling(model, batches, data.mask_id, range(1, top + 1), cfg.eval.n_t, cfg.eval.seed,
-                            fixed=data.val_fixed(cfg.eval.n_batches, cfg.eval.batch_size)):
+                            fixed=fixed):
         mark = "  (trained)" if row["n_loops"] == cfg.model.n_loops else ""
         print(f"{row['n_loops']:>7}  {row['val_loss']:>9.4f}  {row['val_ppl']:>8.1f}  "
               f"{row['forward_flops_per_token']:>15.3g}{mark}")

@@ -117,20 +117,14 @@ class TokenData:
         rows = self.train_rows(step, batch_size, seed)
         return self.train.gather(rows), self.train.gather_fixed(rows)
 
-    def _val_rows(self, n_batches: int, batch_size: int) -> list[np.ndarray]:
+    def val_batches(self, n_batches: int, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Fixed validation batches, rows spread evenly over the validation split (same rows every time), and
+        their never-masked tokens batch by batch (None when the split has no prompted rows)."""
         n = min(len(self.val), n_batches * batch_size)
         rows = np.linspace(0, len(self.val) - 1, n).round().astype(np.int64)
-        return [rows[i:i + batch_size] for i in range(0, n, batch_size)]
-
-    def val_batches(self, n_batches: int, batch_size: int) -> list[torch.Tensor]:
-        """Fixed validation batches: rows spread evenly over the validation split (same rows every time)."""
-        return [self.val.gather(rows) for rows in self._val_rows(n_batches, batch_size)]
-
-    def val_fixed(self, n_batches: int, batch_size: int) -> list[torch.Tensor] | None:
-        """The never-masked tokens of val_batches' rows, batch by batch; None when there are none."""
-        if not self.val.prompted:
-            return None
-        return [self.val.gather_fixed(rows) for rows in self._val_rows(n_batches, batch_size)]
+        batches = [rows[i:i + batch_size] for i in range(0, n, batch_size)]
+        fixed = [self.val.gather_fixed(r) for r in batches] if self.val.prompted else None
+        return [self.val.gather(r) for r in batches], fixed
 
 
 def _get_tokenizer(cfg: DataConfig, corpus, train_idx: list[int], root: Path):

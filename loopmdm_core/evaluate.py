@@ -31,11 +31,11 @@ def inference_eval(model, data, cfg, max_loops: int = 0, attention_t: float = 0.
     from .analysis import masked_attention_share
     from .train import autocast_for
     device = next(model.parameters()).device
-    batches = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)  # host: validation draws masks there
+    batches, fixed = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)  # host: masks are drawn there
     top = max_loops or 2 * cfg.model.n_loops
     out = {"loop_scaling": loop_scaling(model, batches, data.mask_id, range(1, top + 1), cfg.eval.n_t, cfg.eval.seed,
                                         autocast=autocast_for(device, cfg.train.dtype),
-                                        fixed=data.val_fixed(cfg.eval.n_batches, cfg.eval.batch_size))}
+                                        fixed=fixed)}
     if attention_t > 0:
         out["attention"] = masked_attention_share(model, batches[0].to(device), attention_t, data.mask_id, seed=cfg.eval.seed)
     return out

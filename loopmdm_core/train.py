@@ -246,8 +246,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     from .data import load_token_data  # imports `datasets`; kept off the package import path
     data = load_token_data(cfg.data)
     data.require_batch(cfg.train.batch_size)
-    val_batches = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)  # host: masks are drawn there
-    val_fixed = data.val_fixed(cfg.eval.n_batches, cfg.eval.batch_size)
+    val_batches, val_fixed = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)  # host: masks drawn there
 
     torch.manual_seed(cfg.train.seed)
     model = LoopMDM(cfg.model).to(device)

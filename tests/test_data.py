@@ -30,7 +30,7 @@ def test_cache_is_built_once_and_rows_are_packed(tiny_corpus, cache_dir):
     assert first.meta["documents"]["val"] >= 1
     batch, fixed = first.train_batch(0, 8, seed=0)
     assert batch.shape == (8, 32) and int(batch.max()) < first.mask_id
-    assert fixed is None and first.val_fixed(2, 4) is None  # plain text: every token may be masked
+    assert fixed is None and first.val_batches(2, 4)[1] is None  # plain text: every token may be masked
     # Packed: the rows of a shard are the document stream cut every seq_len tokens, EOS between documents.
     stream = np.concatenate([s.reshape(-1) for s in first.train._shards])
     assert (stream == first.tokenizer.eos_id).sum() >= first.meta["documents"]["train"] - 1
@@ -52,7 +52,7 @@ def test_batches_are_a_function_of_seed_and_step(tiny_corpus, cache_dir):
     steps = n // 8
     seen = np.concatenate([data.train_rows(s, 8, seed=0) for s in range(steps)])
     assert len(set(seen.tolist())) == len(seen) == steps * 8
-    vb1, vb2 = data.val_batches(2, 4), data.val_batches(2, 4)
+    (vb1, _), (vb2, _) = data.val_batches(2, 4), data.val_batches(2, 4)
     assert all((a == b).all() for a, b in zip(vb1, vb2))
 
 

@@ -93,7 +93,7 @@ def test_loop_scaling_scores_each_loop_count(trained, tiny_corpus, cache_dir):
     model, mask = trained
     data = load_token_data(DataConfig(corpus=tiny_corpus, bpe_vocab_size=320, seq_len=32, cache_dir=cache_dir,
                                       val_fraction=0.2))
-    batches = data.val_batches(2, 4)
+    batches, _ = data.val_batches(2, 4)
     rows = loop_scaling(model, batches, mask, loops=[1, 2, 4], n_t=4)
     assert [r["n_loops"] for r in rows] == [1, 2, 4]
     assert rows[1]["val_loss"] == diffusion.validation_elbo(model, batches, mask, 4, 1234)  # the trained count

@@ -89,7 +89,7 @@ def test_prompted_task_rows(tiny_config):
         answer_ids = row[n:row.index(eos)]
         assert by_prompt[prompt] == tok.decode(answer_ids)  # the row's answer is its prompt's
         assert set(row[row.index(eos):]) == {eos}  # EOS pads the rest
-    assert len(data.val_fixed(2, 8)) == 2
+    assert len(data.val_batches(2, 8)[1]) == 2
     # The noise never masks a prompt token, even at t = 1, where it masks every other token.
     xt, masked = diffusion.mask_tokens(x, torch.ones(64), data.mask_id, torch.Generator().manual_seed(0),
                                        fixed)
