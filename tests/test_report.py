@@ -61,6 +61,29 @@ def test_known_speedups_are_reported(store, tmp_path, capsys):
     assert "report/index.html" in logged and "report/speedups.csv" in logged
 
 
+def test_extrapolation_averages_the_seeds():
+    """Two seeds of a loop config whose curves are the baseline's shifted by 2x and 8x: the fit goes through
+    their mean, itself a power law shifted by ((2^-a + 8^-a) / 2)^(-1/a) = 3.77x (a = 0.25), not by either
+    seed's factor."""
+    import numpy as np
+
+    from benchmarks.synthetic_sweep import power
+    from orchestrator.comparison import _extrapolations
+    from orchestrator.sweep_data import TrialRecord
+    flops = np.linspace(1e11, 2e12, 20)
+
+    def trial(variant, seed, shift):
+        tags = {"loopmdm.variant": variant, "loopmdm.label": variant, "loopmdm.seed": str(seed),
+                "loopmdm.budget_flops": "2e12"}
+        return TrialRecord(f"{variant}{seed}", variant, "FINISHED", tags, {},
+                           list(zip(flops.tolist(), power(flops * shift).tolist())))
+    trials = [trial("same_size", 0, 1.0), trial("same_size", 1, 1.0), trial("loop", 0, 2.0), trial("loop", 1, 8.0)]
+    groups = {(2e12, s): [t for t in trials if t.seed == s] for s in (0, 1)}
+    (got,) = _extrapolations(trials, groups)
+    want = ((2.0 ** -0.25 + 8.0 ** -0.25) / 2) ** -4
+    assert got["speedup_at_10x"] == pytest.approx(want, rel=1e-3) and abs(want - 3.77) < 0.01
+
+
 def test_single_seed_and_single_budget(store, tmp_path):
     make_sweep(store, "one", budgets=(2e12,), seeds=(0,), loops=((2, 2.0),))
     out = tmp_path / "r"
