@@ -1,6 +1,6 @@
 """Training throughput: our trainer's step against a plain PyTorch reference of the same model, in one run.
 
-python benchmarks/throughput.py [--out throughput.json] [--steps 20] [--warmup 8] [--variants ...] [--profile NAME]
+python benchmarks/throughput.py [--out throughput.json] [--steps 20] [--warmup 12] [--variants ...] [--profile NAME]
 python benchmarks/throughput.py --tiny     # the CPU default config (4 x 128, seq 64, batch 16)
 
 Default shape (issue 6's anchor): 12 layers x 768 x 12 heads, SwiGLU 2048, vocab 50304, seq 1024, batch 32, bf16
@@ -18,7 +18,6 @@ and writes JSON. --profile NAME prints the top CUDA kernels of that variant's st
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -191,7 +190,9 @@ def main(argv=None):
                    help="the CPU default config: 4 x 128, seq 64, batch 16, vocab 576, loop 1,3")
     p.add_argument("--variants", default="ref_eager,ref_compiled,ours,loop2,loop4,depth2,depth4,loop2_ckpt,loop4_ckpt")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=8)
+    # Past DDP's runtime-stats log at its 10th iteration: with 8, the first data-parallel launch in a process
+    # often stalled there once, for ~0.5 s (2 H200s, 4 of 7 launches), a fifth of a 20-step window.
+    p.add_argument("--warmup", type=int, default=12)
     p.add_argument("--profile", help="print the kernel profile of this variant")
     p.add_argument("--workers", type=int, default=1,
                    help="also time `ours` data-parallel on this many GPUs (batch per GPU = --batch) and print the "
@@ -250,10 +251,10 @@ def main(argv=None):
     for r in rows:
         if "error" in r:
             continue
-        ratio = r["tokens_per_s"] / base["ref_compiled"]["tokens_per_s"] if "ref_compiled" in base else math.nan
+        ratio = f"{r['tokens_per_s'] / base['ref_compiled']['tokens_per_s']:.2f}x" if "ref_compiled" in base else "-"
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
         print(f"{r['variant']:<14} {r['layers_applied']:>6} {r['tokens_per_s']:>10,.0f} {r['ms_per_step']:>8.2f} "
-              f"{r['model_tflops']:>8.1f} {100 * r['mfu']:>5.1f}% {mem:>8} {ratio:>14.2f}x")
+              f"{r['model_tflops']:>8.1f} {100 * r['mfu']:>5.1f}% {mem:>8} {ratio:>15}")
     if args.workers > 1 and "ours" in base:
         efficiency = base[f"ours_x{args.workers}"]["tokens_per_s"] / (args.workers * base["ours"]["tokens_per_s"])
         print(f"data-parallel scaling efficiency on {args.workers} workers: {100 * efficiency:.1f}% of "

@@ -33,6 +33,14 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def rank_rows(rank: int, world: int) -> slice:
+    """The rows of the global batch that `rank` trains on: rows rank, rank + world, ... Antithetic mask ratios
+    (diffusion.antithetic_t) are evenly spaced in row order, so a strided share gives every rank the same spread
+    of t and about as many masked tokens, i.e. as much head work. Contiguous shares split the range of t between
+    the ranks, and each step waited for the busier one (2 H200s: 60.3-60.6 ms/step strided, 61.0 contiguous)."""
+    return slice(rank, None, world)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -191,8 +191,7 @@ class TrainStep:
             for layer in model.layers:
                 layer.compile()  # per block: the loop reuses one compiled graph whatever n_loops is
         rank, world = distributed.rank_and_world()
-        share = cfg.train.batch_size // world  # train() checked it divides
-        self.rows = slice(rank * share, (rank + 1) * share)
+        self.rows = distributed.rank_rows(rank, world)  # train() checked that world divides the batch
         self.model = model
         if world > 1:  # gradients averaged over ranks = the gradient of the whole batch's mean loss
             from torch.nn.parallel import DistributedDataParallel
