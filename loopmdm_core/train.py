@@ -1,7 +1,7 @@
 """The trainer: a LoopMDM trained on exactly the steps its FLOPs budget buys.
 
 train(run_config, sink, checkpoint_dir) knows nothing of Ray or MLflow: it reports `sink(step, metrics)` with
-the names of metrics.py and writes checkpoints a caller may ship elsewhere (on_checkpoint). Everything random
+the names of metrics.py and writes atomic checkpoints into a folder it resumes from. Everything random
 is a function of (seed, step) (batches, mask ratios, masks), so a run resumed from a checkpoint ends with the
 same weights and metrics as one never stopped. Under distributed.launch the same code trains data-parallel:
 every rank draws the whole batch and its masks and keeps its share of the rows, so n ranks compute the
@@ -213,13 +213,14 @@ class TrainStep:
         return loss.detach()
 
 
-def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir: str | Path | None = None,
-          on_checkpoint: Callable[[int, Path], None] | None = None) -> TrainResult:
+def train(run_config: RunConfig | dict, sink: Sink | None = None,
+          checkpoint_dir: str | Path | None = None) -> TrainResult:
     """Train one run. Resumes from the newest intact checkpoint in `checkpoint_dir` if there is one.
 
-    `sink(step, metrics)` receives metric dicts; after a resume, steps past the checkpoint that were reported
-    before the interruption are reported again (with the same values), so a sink that persists should skip
-    steps it already holds. `on_checkpoint(step, path)` is called after each checkpoint is written.
+    `sink(step, metrics)` receives metric dicts, at a checkpoint step before its checkpoint is written (a sink
+    that buffers should persist there: a resume starts after that step). After a resume, steps past the
+    checkpoint that were reported before the interruption are reported again (with the same values), so a sink
+    that persists should skip steps it already holds.
     """
     cfg = load_run_config(run_config) if isinstance(run_config, dict) else run_config
     if cfg.problems():
@@ -239,7 +240,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (distributed.launch)
     if rank:  # ranks past 0 train in lockstep and report nothing; rank 0 alone logs and writes checkpoints
-        sink, on_checkpoint, writes = (lambda step, values: None), None, False
+        sink, writes = (lambda step, values: None), False
     else:
         writes = checkpoint_dir is not None
     from .data import load_token_data  # imports `datasets`; kept off the package import path
@@ -310,11 +311,9 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None, checkpoint_dir
             values[metrics.VAL_LOSS], values[metrics.VAL_PPL] = val_loss, diffusion.perplexity(val_loss)
         sink(done, values)  # before the checkpoint: a crash in between re-reports this step, never loses it
         if done in ckpts and writes:
-            path = checkpoint.save(checkpoint_dir, done, model, optimizer,
-                                   {"loss_sum": loss_sum, "loss_count": loss_count, "train_seconds": train_seconds,
-                                    "config": cfg.to_dict()})
-            if on_checkpoint:
-                on_checkpoint(done, path)
+            checkpoint.save(checkpoint_dir, done, model, optimizer,
+                            {"loss_sum": loss_sum, "loss_count": loss_count, "train_seconds": train_seconds,
+                             "config": cfg.to_dict()})
         window_start, window_steps = time.perf_counter(), 0
 
     if math.isnan(val_loss):  # resumed from the final checkpoint: nothing trained, score the weights

@@ -24,6 +24,7 @@ from . import tracking
 
 log = logging.getLogger(__name__)
 STATE_FILE = "loopmdm_sweep.json"  # in the Ray experiment folder: which sweep it holds
+CHECKPOINTS = "checkpoints"  # in the Ray experiment folder: one folder of core checkpoints per trial key
 
 
 @dataclass
@@ -126,6 +127,7 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
         trial_dicts.append({"key": t.key, "name": name, "run_id": run_id, "config": t.config.to_dict(),
                             "tracking_uri": uri, "experiment_id": exp_id, "parent_id": parent_id, "tags": t.tags,
                             "derived": derived, "cpus": cpus, "workers": spec.resources.n_workers,
+                            "checkpoint_root": str(experiment_path / CHECKPOINTS),
                             "infer": dataclasses.asdict(spec.infer) if spec.infer else None})
     experiment_path.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps({"sweep_key": key, "parent_run_id": parent_id,

@@ -1,14 +1,15 @@
 """One trial = one call of the core trainer inside a Ray worker, reporting to MLflow and to Ray Tune.
 
-Ray Tune gets a small result at every metric report (for its live table and for Optuna) and the core's
-checkpoint folder at each checkpoint (`tune.report(..., checkpoint=...)`), which it persists under the
-sweep's storage path; on a retry or a resumed sweep the trial starts from the newest one.
+Ray Tune gets a small result at every metric report (for its live table and for Optuna). Checkpoints are the
+core's own, in a folder per trial key under the sweep's storage path (`checkpoints/<trial_key>`), written
+atomically: a retried trial or a resumed sweep trains on from the newest intact one found there. Tune is given
+none: it records its newest checkpoint in a snapshot taken every few seconds and deletes older ones as new ones
+arrive, so a sweep killed between the two could not be resumed (seen: "Could not recover from checkpoint as it
+does not exist on storage anymore").
 """
 
 import json
 import logging
-import shutil
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -28,16 +29,6 @@ TUNE_KEYS = {metrics.TRAIN_LOSS: "train_loss", metrics.VAL_LOSS: "val_loss", met
 
 def tune_metric(name: str) -> str:
     return TUNE_KEYS.get(name, name.replace("/", "_"))
-
-
-def _restore_checkpoint(root: Path):
-    """Copy Tune's newest checkpoint of this trial (if any) into the core's checkpoint folder layout."""
-    ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        return
-    with ckpt.as_directory() as folder:
-        step = json.loads((Path(folder) / "state.json").read_text())["step"]
-        shutil.copytree(folder, root / f"step_{step:09d}")
 
 
 def _log_inference(logger: tracking.TrialLogger, cfg, root: Path, infer: dict):
@@ -92,30 +83,22 @@ def run_trial(space: dict):
     checkpoint_steps = set(plan(cfg).checkpoint_steps)
     logger = tracking.TrialLogger(trial["tracking_uri"], run_id)
     failpoints.reached("trial_start")
-    root = Path(tempfile.mkdtemp(prefix="loopmdm-trial-"))
+    root = Path(trial["checkpoint_root"]) / (key if searched else trial["key"])
     latest: dict = {}
     required = trial.get("required_metric")  # a searcher (Optuna) needs its metric in every result
 
-    def report(checkpoint=None):
-        if not required or required in latest:
-            tune.report(dict(latest), checkpoint=checkpoint)
-
     def sink(step: int, values: dict):
         logger(step, values)
+        if step in checkpoint_steps:  # train() writes this step's checkpoint next: a resume starts after it,
+            logger.flush()            # so MLflow must hold every step up to it first
         latest.update({tune_metric(k): v for k, v in values.items()}, step=step)
-        if step not in checkpoint_steps:  # at a checkpoint step, on_checkpoint reports with the checkpoint
-            report()
-
-    def on_checkpoint(step: int, path: Path):
-        logger.flush()  # MLflow holds every step up to the checkpoint before Tune records it
-        report(tune.Checkpoint.from_directory(str(path)))
+        if not required or required in latest:
+            tune.report(dict(latest))
 
     try:
-        _restore_checkpoint(root)
         # Several workers: this process is rank 0 (it logs and reports); the others train alongside it and
         # read the same checkpoint folder to resume. FLOPs and tokens are those of the whole batch.
-        result = distributed.launch(trial.get("workers", 1), train, (cfg,),
-                                    {"sink": sink, "checkpoint_dir": root, "on_checkpoint": on_checkpoint},
+        result = distributed.launch(trial.get("workers", 1), train, (cfg,), {"sink": sink, "checkpoint_dir": root},
                                     {"checkpoint_dir": root})
         if trial.get("infer"):
             _log_inference(logger, cfg, root, trial["infer"])
@@ -125,8 +108,6 @@ def run_trial(space: dict):
     except BaseException:  # stopped from outside (the driver ended): keep what was logged, stay resumable
         logger.flush()
         raise
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     logger.client.set_tag(run_id, "loopmdm.attention_backend", result.attention_backend)
     logger.finish("FINISHED")
     if result.resumed_from == result.steps:  # nothing left to train: still hand Tune a final result

@@ -21,7 +21,6 @@ def _run_config(spec, storage: Path, name: str, verbose: int) -> tune.RunConfig:
                                 max_progress_rows=50, sort_by_metric=False)
     return tune.RunConfig(name=name, storage_path=str(storage),
                           failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                           progress_reporter=reporter, verbose=verbose)
 
 

@@ -98,6 +98,14 @@ def test_sweep_logs_runs_tags_and_metrics(tmp_path, tiny_corpus, cache_dir):
             assert len(h[key]) == 1 and h[key][0][1] in (0, 1 / 3, 2 / 3, 1)  # of 3 problems
         flops = [h[f"task/forward_flops_per_problem/{s}"][0][1] for s in ("fixed_1", "ramp_2_1", "fixed_2")]
         assert 0 < flops[0] <= flops[1] <= flops[2]
+    # Checkpoints are the trainer's, one folder per trial key ending at its final step; Tune is given none (its
+    # snapshot of them can name one it already deleted: a killed sweep could then not resume).
+    experiment = tmp_path / "ray_results" / "e2e"
+    for key, run in trials.items():
+        final = f"step_{int(run.data.params['derived.steps']):09d}"
+        assert final in [p.name for p in (experiment / "checkpoints" / key).iterdir()]
+    assert sorted(p.name for p in (experiment / "checkpoints").iterdir()) == sorted(trials)
+    assert not list(experiment.glob("*/checkpoint_*"))
     check_report(tmp_path)
 
 
