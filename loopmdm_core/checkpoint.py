@@ -71,8 +71,9 @@ def save(root: str | Path, step: int, model, optimizer, state: dict) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:09d}"
+    for stale in root.glob(".tmp-step_*"):  # a write killed midway: one writer per folder, so none is live
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(_model_tensors(model), str(tmp / "model.safetensors"))
     opt_tensors, param_groups = _optimizer_tensors(optimizer)

@@ -2,6 +2,7 @@ import math
 import shutil
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from loopmdm_core import checkpoint, metrics
@@ -89,6 +90,9 @@ def test_interrupted_write_leaves_no_checkpoint(tiny_config, tmp_path):
     shutil.copytree(good.path, half)
     (half / "model.safetensors").write_bytes(b"")
     assert checkpoint.latest(tmp_path).path == good.path
+    layer = torch.nn.Linear(2, 2)
+    checkpoint.save(tmp_path, good.step + 1, layer, torch.optim.AdamW(layer.parameters()), {})
+    assert not half.exists()  # the next write clears what the killed one left
 
 
 def test_vocab_too_small_is_a_config_error(tiny_config):
