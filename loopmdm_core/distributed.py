@@ -37,7 +37,8 @@ def rank_rows(rank: int, world: int) -> slice:
     """The rows of the global batch that `rank` trains on: rows rank, rank + world, ... Antithetic mask ratios
     (diffusion.antithetic_t) are evenly spaced in row order, so a strided share gives every rank the same spread
     of t and about as many masked tokens, i.e. as much head work. Contiguous shares split the range of t between
-    the ranks, and each step waited for the busier one (2 H200s: 60.3-60.6 ms/step strided, 61.0 contiguous)."""
+    the ranks, and each step waited for the busier one (2 H200s, same process: 60.3 and 60.6 ms/step strided,
+    61.0 contiguous)."""
     return slice(rank, None, world)
 
 

@@ -227,11 +227,7 @@ def _extrapolations(finished: list[TrialRecord], groups) -> list[dict]:
     at_top = [t for t in finished if t.budget == top]
     fits = {}
     for label in {t.label for t in at_top}:
-        by_flops: dict[float, list[float]] = {}
-        for c, loss in (p for t in at_top if t.label == label for p in t.curve):
-            by_flops.setdefault(c, []).append(loss)
-        # seeds pooled: the mean loss at each budget point (iso.curve alone would keep one seed's value)
-        fits[label] = iso.fit_power_law(iso.curve(list(by_flops), [sum(v) / len(v) for v in by_flops.values()]))
+        fits[label] = iso.fit_power_law(iso.mean_curve(p for t in at_top if t.label == label for p in t.curve))
     out = []
     for loop in sorted({t.label for t in at_top if t.variant == "loop"}):
         example = next(t for t in at_top if t.label == loop)

@@ -131,6 +131,15 @@ def bootstrap(values, level: float = 0.95, n_resamples: int = 10000, seed: int =
     return Interval(float(v.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)), len(v))
 
 
+def mean_curve(points) -> Curve:
+    """A curve from (FLOPs, loss) pairs of several seeds: the mean loss at each FLOPs value (curve() alone keeps
+    the last seed's)."""
+    by_flops: dict[float, list[float]] = {}
+    for c, loss in points:
+        by_flops.setdefault(c, []).append(loss)
+    return curve(list(by_flops), [sum(v) / len(v) for v in by_flops.values()])
+
+
 def iso_curve(finals) -> Curve:
     """The iso-FLOPs curve of one variant from finished schedules: each budget's (FLOPs used, final loss)."""
     return curve([c for c, _ in finals], [l for _, l in finals])
