@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from . import loop_sampling
 from .errors import ConfigError
 from .model import ModelConfig
 
@@ -80,6 +81,10 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False  # torch.compile the transformer blocks (CUDA)
     checkpoint_loops: bool = False  # recompute each pass of the looped block in backward: less memory, more time
+    # loop count per optimizer step (loop_sampling.py): fixed (model.n_loops), uniform:LO:HI or
+    # poisson_lognormal:MEAN:SIGMA; model.n_loops stays the count validation and inference use
+    loop_sampling: str = "fixed"
+    loop_backprop: int = 0  # backpropagate through the last K passes of the loop only; 0: all passes
     log_every: int = 10  # steps between train-loss/throughput metrics
     checkpoint_every: int = 0  # steps between checkpoints; 0: at every evaluation
     peak_flops: float = 0.0  # FLOP/s for MFU; 0: the card's datasheet bf16 peak, else a measured matmul peak
@@ -102,9 +107,13 @@ class TrainConfig:
             p.append(f"train.dtype: {self.dtype!r} is not one of auto, bf16, fp32")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             p.append(f"train.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
-        for name in ("weight_decay", "grad_clip", "checkpoint_every", "peak_flops"):
+        for name in ("weight_decay", "grad_clip", "checkpoint_every", "peak_flops", "loop_backprop"):
             if getattr(self, name) < 0:
                 p.append(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        try:
+            loop_sampling.parse(self.loop_sampling)
+        except ConfigError as e:
+            p.extend(e.problems)
         return p
 
 
@@ -115,9 +124,16 @@ class EvalConfig:
     batch_size: int = 16
     n_t: int = 8  # points of the stratified t grid each sequence is scored at
     seed: int = 1234  # seeds the validation masks; keep it fixed across a sweep
+    # With data.task: held-out problems whose answers are generated (greedy, the model's n_loops) at every
+    # evaluation, for val/accuracy; 0 skips it. task_steps: sampling steps per answer.
+    task_problems: int = 256
+    task_steps: int = 4
 
     def problems(self) -> list[str]:
         p = []
+        if self.task_problems < 0 or self.task_steps < 1:
+            p.append(f"eval.task_problems/task_steps: need task_problems >= 0 and task_steps >= 1, got "
+                     f"{self.task_problems}, {self.task_steps}")
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             p.append(f"eval.fractions: need at least one value in (0, 1], got {list(self.fractions)}")
         for name in ("n_batches", "batch_size", "n_t"):

@@ -127,6 +127,15 @@ class TokenData:
         return [self.val.gather(r) for r in batches], fixed
 
 
+    def answer_positions(self, batches: list[torch.Tensor], fixed: list[torch.Tensor] | None):
+        """Per batch, the answer tokens of its prompted rows (neither prompt nor EOS padding): what
+        val/answer_loss scores. None when the split has no prompted rows (packed text has no answers)."""
+        if fixed is None:
+            return None
+        eos = self.tokenizer.eos_id
+        return [f.any(dim=1, keepdim=True) & ~f & (x != eos) for x, f in zip(batches, fixed)]
+
+
 def _get_tokenizer(cfg: DataConfig, corpus, train_idx: list[int], root: Path):
     if cfg.tokenizer == "gpt2":
         return tokenizers.GPT2Tokenizer()

@@ -77,23 +77,29 @@ def noise_batch(x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch
     return NoisedBatch(xt, index, x.reshape(-1)[index], weight, x.numel())
 
 
-def weighted_ce_sum(model, batch: NoisedBatch, n_loops: int | None = None) -> torch.Tensor:
+def masked_hidden(model, batch: NoisedBatch, n_loops: int | None = None, backprop_loops: int = 0) -> torch.Tensor:
+    """The final hidden states at the masked positions (batch.index order), for the head to score."""
+    hidden = model(batch.xt, n_loops=n_loops, backprop_loops=backprop_loops)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.index)
+
+
+def weighted_ce_sum(model, batch: NoisedBatch, n_loops: int | None = None, backprop_loops: int = 0) -> torch.Tensor:
     """Sum over the masked positions of CE / t (fp32). The head runs on the masked positions only.
     `model` may be wrapped (DistributedDataParallel): the head is read from the module inside."""
-    hidden = model(batch.xt, n_loops=n_loops)
-    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.index)
     head = getattr(model, "module", model).head.weight
-    return linear_cross_entropy(h, head, batch.targets, batch.weight)
+    return linear_cross_entropy(masked_hidden(model, batch, n_loops, backprop_loops), head, batch.targets,
+                                batch.weight)
 
 
 def elbo_loss(model, x: torch.Tensor, mask_id: int, generator: torch.Generator, n_loops: int | None = None,
-              pad_to: int = 1, rows: slice = slice(None), fixed: torch.Tensor | None = None) -> torch.Tensor:
+              pad_to: int = 1, rows: slice = slice(None), fixed: torch.Tensor | None = None,
+              backprop_loops: int = 0) -> torch.Tensor:
     """Training loss of clean tokens `x` (host tensor; moved to the model's device here): sum over masked
     positions of CE/t, divided by the number of tokens in the batch (in `rows` of it, for one rank's share).
     `fixed` tokens (prompts) are never masked: the loss is then the answers' given their prompts."""
     batch = noise_batch(x, antithetic_t(x.shape[0], generator), mask_id, generator, pad_to, rows, fixed)
     batch = batch.to(next(model.parameters()).device)
-    return weighted_ce_sum(model, batch, n_loops) / batch.n_tokens
+    return weighted_ce_sum(model, batch, n_loops, backprop_loops) / batch.n_tokens
 
 
 def _ce_chunk(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, with_grad: bool):
@@ -171,10 +177,14 @@ def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor
 
 
 @torch.no_grad()
-def validation_elbo(model, batches: list[torch.Tensor], mask_id: int, n_t: int, seed: int,
-                    n_loops: int | None = None, autocast=None, fixed: list[torch.Tensor] | None = None) -> float:
+def validation_losses(model, batches: list[torch.Tensor], mask_id: int, n_t: int, seed: int,
+                      n_loops: int | None = None, autocast=None, fixed: list[torch.Tensor] | None = None,
+                      scored: list[torch.Tensor] | None = None) -> tuple[float, float | None]:
     """Negative ELBO in nats/token on fixed batches, each sequence scored at every t of a stratified grid;
-    `fixed` (one per batch, or None) marks prompt tokens, never masked.
+    `fixed` (one per batch, or None) marks prompt tokens, never masked. With `scored` (one boolean tensor per
+    batch: a prompted task's answer tokens), also the same ELBO over those tokens alone, per scored token
+    (val/answer_loss: the prompt and the EOS padding are masked and predicted as usual, but not counted);
+    else None.
 
     The masks come from a generator seeded by `seed` alone, so two evaluations of the same weights see the
     same work and give the same number, and every trial of a sweep is scored on identical inputs.
@@ -182,16 +192,30 @@ def validation_elbo(model, batches: list[torch.Tensor], mask_id: int, n_t: int, 
     generator = torch.Generator().manual_seed(seed)
     grid = stratified_t(n_t)
     device = next(model.parameters()).device
-    total, tokens = 0.0, 0
+    head = model.head.weight
+    total, tokens, answer_total, answer_tokens = 0.0, 0, 0.0, 0
     for i, x in enumerate(batches):
         x = x.cpu()  # masks are drawn on the host (no-op for the host batches the callers keep)
         for t_value in grid:
             t = t_value.expand(x.shape[0])
             batch = noise_batch(x, t, mask_id, generator, fixed=None if fixed is None else fixed[i]).to(device)
             with autocast() if autocast else contextlib.nullcontext():
-                total += weighted_ce_sum(model, batch, n_loops).item()
+                h = masked_hidden(model, batch, n_loops)
+                total += linear_cross_entropy(h, head, batch.targets, batch.weight).item()
+                if scored is not None:
+                    keep = scored[i].reshape(-1).to(device)[batch.index]
+                    answer_total += linear_cross_entropy(h, head, batch.targets, batch.weight * keep).item()
             tokens += x.numel()
-    return total / tokens
+        if scored is not None:
+            answer_tokens += int(scored[i].sum()) * len(grid)
+    answer = answer_total / answer_tokens if scored is not None and answer_tokens else None
+    return total / tokens, answer
+
+
+def validation_elbo(model, batches: list[torch.Tensor], mask_id: int, n_t: int, seed: int,
+                    n_loops: int | None = None, autocast=None, fixed: list[torch.Tensor] | None = None) -> float:
+    """validation_losses' negative ELBO over all tokens (nats/token)."""
+    return validation_losses(model, batches, mask_id, n_t, seed, n_loops, autocast, fixed)[0]
 
 
 def perplexity(loss: float) -> float:

@@ -69,24 +69,37 @@ def task_eval(model, data, cfg, test: str, n_problems: int, answer_tokens: int, 
 
 
 def task_accuracy(model, tokenizer, problems, mask_id: int, answer_tokens: int, n_steps: int, schedule=None,
-                  method: str = "confidence", seed: int = 0, fill_to: int = 0) -> dict:
+                  method: str = "confidence", seed: int = 0, fill_to: int = 0, batch_size: int = 1,
+                  autocast=None) -> dict:
     """Exact-match accuracy on `problems` (tasks.py): each prompt is completed greedily with `answer_tokens`
-    generated tokens, or more to fill a row of `fill_to` tokens (a prompted task's row), cut at the first end of
-    document, the first number extracted and compared; plus the forward FLOPs the generations cost. One problem
-    per call: prompts differ in length."""
+    generated tokens, or up to the end of a row of `fill_to` tokens (a prompted task's row), cut at the first end of
+    document, the first number or letter answer extracted and compared; plus the forward FLOPs the generations
+    cost. Problems whose prompts have the same length are generated together, up to `batch_size` at a time:
+    with a fixed loop schedule every row's answer is the one it gets alone (greedy, per-row reveal order), but
+    an adaptive schedule decides its loop count from the whole batch, so its evaluation keeps batch_size 1."""
+    import contextlib
+
     import torch
 
     from .sample import sample
     from .tasks import is_correct
     correct, spent = 0, 0
+    by_length: dict[int, list] = {}
     for problem, ids in zip(problems, tokenizer.encode_batch([p.prompt for p in problems])):
-        length = max(fill_to, len(ids) + answer_tokens)
-        result = sample(model, batch_size=1, length=length, mask_id=mask_id, n_tokens=mask_id,
-                        n_steps=n_steps, method=method, prompt=torch.tensor(ids, dtype=torch.long),
-                        schedule=schedule, seed=seed, temperature=0.0)
-        spent += result.flops
-        answer = result.tokens[0, len(ids):].tolist()
-        if tokenizer.eos_id in answer:  # what follows the end of the document is not part of the answer
-            answer = answer[:answer.index(tokenizer.eos_id)]
-        correct += is_correct(tokenizer.decode(answer), problem)
+        by_length.setdefault(len(ids), []).append((problem, ids))
+    for prompt_len, items in by_length.items():
+        # a prompted row is exactly the length the model was trained on: more masked tokens would change its input
+        length = fill_to if fill_to > prompt_len else prompt_len + answer_tokens
+        for lo in range(0, len(items), batch_size):
+            chunk = items[lo:lo + batch_size]
+            prompt = torch.tensor([ids for _, ids in chunk], dtype=torch.long)
+            with autocast() if autocast else contextlib.nullcontext():
+                result = sample(model, batch_size=len(chunk), length=length, mask_id=mask_id, n_tokens=mask_id,
+                                n_steps=n_steps, method=method, prompt=prompt, schedule=schedule, seed=seed,
+                                temperature=0.0)
+            spent += result.flops
+            for (problem, _), row in zip(chunk, result.tokens[:, prompt_len:].tolist()):
+                if tokenizer.eos_id in row:  # what follows the end of the document is not part of the answer
+                    row = row[:row.index(tokenizer.eos_id)]
+                correct += is_correct(tokenizer.decode(row), problem)
     return {"accuracy": correct / len(problems), "problems": len(problems), "forward_flops": spent}

@@ -3,14 +3,20 @@
 TRAIN_LOSS = "train/loss"  # mean training loss over the steps since the last log
 VAL_LOSS = "val/loss"  # negative ELBO, nats/token, on the fixed validation batches
 VAL_PPL = "val/ppl"  # exp(val/loss)
+# Task runs (data.task, prompted rows): the validation ELBO over answer tokens only (no prompt, no EOS padding),
+# nats per answer token, and exact-match accuracy of greedy answers to held-out problems (eval.task_problems)
+VAL_ANSWER_LOSS = "val/answer_loss"
+VAL_ACCURACY = "val/accuracy"
 FLOPS = "flops"  # cumulative training FLOPs (flops.py), logged with every loss so loss can be plotted against it
 TOKENS = "tokens"  # cumulative training tokens
 LR = "lr"
 TOKENS_PER_S = "perf/tokens_per_s"
 MFU = "perf/mfu"
 TRAIN_SECONDS = "perf/train_seconds"  # cumulative wall time spent in training steps (no eval, no set-up)
+TRAIN_LOOPS = "train/n_loops"  # sampled loop counts (train.loop_sampling): their mean since the last log
 
-ALL = (TRAIN_LOSS, VAL_LOSS, VAL_PPL, FLOPS, TOKENS, LR, TOKENS_PER_S, MFU, TRAIN_SECONDS)
+ALL = (TRAIN_LOSS, VAL_LOSS, VAL_PPL, VAL_ANSWER_LOSS, VAL_ACCURACY, FLOPS, TOKENS, LR, TOKENS_PER_S, MFU,
+       TRAIN_SECONDS, TRAIN_LOOPS)
 
 # After training (evaluate.inference_eval); their step is not an optimizer step but the x of the curve:
 INFER_VAL_LOSS = "infer/val_loss"  # step = n_loops used at inference

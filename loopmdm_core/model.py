@@ -6,6 +6,7 @@ model (MDM). No causal mask and no time conditioning: like MDLM/SMDM, the mask t
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -86,9 +87,13 @@ def same_size(cfg: ModelConfig) -> ModelConfig:
     return plain(cfg, cfg.n_layers)
 
 
-def depth_matched(cfg: ModelConfig) -> ModelConfig:
-    """The depth-matched baseline: as many plain layers as the unrolled loop applies (same FLOPs per token)."""
-    return plain(cfg, cfg.applied_layers())
+def depth_matched(cfg: ModelConfig, mean_loops: float | None = None) -> ModelConfig:
+    """The depth-matched baseline: as many plain layers as the unrolled loop applies (same FLOPs per token).
+    With a sampled loop count (train.loop_sampling), its mean `mean_loops` sets the depth, rounded to the
+    nearest whole layer, halves up: a loop [1,3) at a mean of 2.25 loops applies 6.5 layers -> 7."""
+    if mean_loops is None:
+        return plain(cfg, cfg.applied_layers())
+    return plain(cfg, math.floor(cfg.n_layers + (cfg.loop_end - cfg.loop_start) * (mean_loops - 1) + 0.5))
 
 
 class RMSNorm(nn.Module):
@@ -220,22 +225,40 @@ class LoopMDM(nn.Module):
         looped = list(range(cfg.loop_start, cfg.loop_end))
         return list(range(cfg.loop_start)) + looped * n + list(range(cfg.loop_end, cfg.n_layers))
 
-    def forward(self, idx: torch.Tensor, n_loops: int | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, n_loops: int | None = None, backprop_loops: int = 0) -> torch.Tensor:
         """Final normed hidden states (batch, seq, d_model). `n_loops` overrides the config for this call.
+
+        With gradients on and 0 < `backprop_loops` < n_loops (train.loop_backprop), the first passes through
+        the looped block run without autograd and only the last `backprop_loops` are backpropagated (Huginn's
+        truncated backprop). Their residual update enters as a constant, so the layers before the loop still
+        get the gradient of the identity path of the residual stream (Huginn re-injects the prelude's output
+        at every pass for the same purpose; this model has no injection).
         With `checkpoint_loops` set (train.checkpoint_loops) and gradients on, each pass through the looped
         block keeps only its input and recomputes the rest in backward: activation memory of the looped block
         stops growing with the loop count, for about one extra forward of it."""
         cfg, n = self.cfg, self.cfg.n_loops if n_loops is None else n_loops
         cos, sin = self._rope_for(idx.shape[1], idx.device)
         x = self._embed(idx)
-        if not (self.checkpoint_loops and torch.is_grad_enabled() and n > 1):
+        grad = torch.is_grad_enabled()
+        truncated = n - backprop_loops if grad and 0 < backprop_loops < n else 0
+        if not truncated and not (self.checkpoint_loops and grad and n > 1):
             for i in self.layer_schedule(n):
                 x = self.layers[i](x, cos, sin)
             return self.norm(x)
         for i in range(cfg.loop_start):
             x = self.layers[i](x, cos, sin)
-        for _ in range(n):
-            x = torch.utils.checkpoint.checkpoint(self._looped_block, x, cos, sin, use_reentrant=False)
+        if truncated:
+            with torch.no_grad():
+                h = x
+                for _ in range(truncated):
+                    h = self._looped_block(h, cos, sin)
+                update = h - x
+            x = x + update
+        for _ in range(n - truncated):
+            if self.checkpoint_loops:
+                x = torch.utils.checkpoint.checkpoint(self._looped_block, x, cos, sin, use_reentrant=False)
+            else:
+                x = self._looped_block(x, cos, sin)
         for i in range(cfg.loop_end, cfg.n_layers):
             x = self.layers[i](x, cos, sin)
         return self.norm(x)

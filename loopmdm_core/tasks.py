@@ -3,8 +3,12 @@
 `arithmetic` is a synthetic task small models learn on a CPU (2 digits: 95% of held-out problems after ~3
 minutes on 2 cores as prompted rows, benchmarks/task_loops.py): multi-digit addition/subtraction made from a
 seed, split into train and test by a hash of the problem text (the splits never share a problem).
+`phop` is the positive control: p-hop induction (Sanford, Hsu & Telgarsky 2024), on which a k-layer block
+looped L times is known to nearly match a kL-layer model while the k-layer model fails (Saunshi et al. 2025);
+the hop count is its depth knob.
 `read_gsm8k` reads a GSM8K jsonl file ({"question", "answer"} with the answer ending in "#### N") when the user
-has one. A task is named by a spec string (data.task, infer.task.test): `arithmetic[:DIGITS]` or `gsm8k:PATH`;
+has one. A task is named by a spec string (data.task, infer.task.test): `arithmetic[:DIGITS]`, `chains[:HOPS]`,
+`phop:HOPS[:LENGTH[:ALPHABET]]` or `gsm8k:PATH`;
 `problems` resolves it, `documents` gives its train problems (texts and their prompts) to mix into training.
 """
 
@@ -33,6 +37,10 @@ def extract_answer(text: str) -> str | None:
 
 
 def is_correct(generated: str, problem: Problem) -> bool:
+    """Numeric answers: the first number of the generation equals it. Others (phop's letter): the generation,
+    stripped, is exactly the answer."""
+    if not NUMBER.fullmatch(problem.answer):
+        return generated.strip() == problem.answer
     got = extract_answer(generated)
     if got is None:
         return False
@@ -97,6 +105,40 @@ def chains(n: int, split: str, hops: int = 2, seed: int = 0, test_fraction: floa
     return _distinct(n, split, draw, test_fraction, f"chains with {hops} hops")
 
 
+PHOP_LENGTH, PHOP_ALPHABET = 48, 4  # defaults of phop:HOPS (see phop for what was calibrated)
+
+
+def phop_answer(seq: str, hops: int) -> str | None:
+    """The p-hop of the last position: `hops` times, jump to the token right after the previous occurrence of
+    the current token; the token reached. None when some hop finds no previous occurrence."""
+    i = len(seq) - 1
+    for _ in range(hops):
+        j = seq.rfind(seq[i], 0, i)
+        if j < 0:
+            return None
+        i = j + 1
+    return seq[i]
+
+
+def phop(n: int, split: str, hops: int = 4, seed: int = 0, length: int = PHOP_LENGTH,
+         alphabet: int = PHOP_ALPHABET, test_fraction: float = 0.2) -> list[Problem]:
+    """`n` distinct p-hop induction problems: a uniformly random string of `length` letters from the first
+    `alphabet` letters, then '=', answered by the letter `hops` hops back (phop_answer). Strings where a hop
+    finds no earlier occurrence are redrawn. Each hop is one more induction step, so solving more hops takes
+    more layers (or loops); the answer is a single letter, chance is 1/alphabet.
+    With bpe_vocab_size 257 (bytes only) every letter is one token. Split by a hash, like arithmetic."""
+    rng = random.Random(seed)
+    letters = LETTERS[:alphabet]
+
+    def draw() -> Problem:
+        while True:
+            seq = "".join(rng.choice(letters) for _ in range(length))
+            answer = phop_answer(seq, hops)
+            if answer is not None:
+                return Problem(seq + "=", answer)
+    return _distinct(n, split, draw, test_fraction, f"phop with {hops} hops over {length} letters")
+
+
 def read_gsm8k(path: str | Path) -> list[Problem]:
     problems = []
     with open(path, encoding="utf-8") as f:
@@ -113,14 +155,29 @@ def read_gsm8k(path: str | Path) -> list[Problem]:
     return problems
 
 
+def _phop_args(arg: str) -> tuple[int, int, int] | None:
+    """(hops, length, alphabet) of phop:HOPS[:LENGTH[:ALPHABET]], or None when out of range."""
+    parts = arg.split(":")
+    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        return None
+    hops, length, alphabet = (list(map(int, parts)) + [PHOP_LENGTH, PHOP_ALPHABET][len(parts) - 1:])[:3]
+    if not (1 <= hops <= 64 and 2 <= alphabet <= len(LETTERS) and hops < length <= 4096):
+        return None
+    return hops, length, alphabet
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
-    """("arithmetic", digits), ("chains", hops) or ("gsm8k", path); DataError naming the forms otherwise."""
+    """("arithmetic", digits), ("chains", hops), ("phop", "HOPS[:LENGTH[:ALPHABET]]") or ("gsm8k", path);
+    DataError naming the forms otherwise."""
     name, _, arg = spec.partition(":")
     if name in ("arithmetic", "chains") and (not arg or (arg.isdigit() and 1 <= int(arg) <= 9)):
         return name, arg or "2"
+    if name == "phop" and _phop_args(arg):
+        return name, arg
     if name == "gsm8k" and arg:
         return name, arg
-    raise DataError(f"task {spec!r}: expected arithmetic[:DIGITS], chains[:HOPS] (1-9) or gsm8k:PATH.jsonl")
+    raise DataError(f"task {spec!r}: expected arithmetic[:DIGITS], chains[:HOPS] (1-9), "
+                    f"phop:HOPS[:LENGTH[:ALPHABET]] (1 <= HOPS < LENGTH, 2 <= ALPHABET <= 26) or gsm8k:PATH.jsonl")
 
 
 def problems(spec: str, split: str, n: int, seed: int = 0) -> list[Problem]:
@@ -130,6 +187,9 @@ def problems(spec: str, split: str, n: int, seed: int = 0) -> list[Problem]:
         return arithmetic(n, split, digits=int(arg), seed=seed)
     if name == "chains":
         return chains(n, split, hops=int(arg), seed=seed)
+    if name == "phop":
+        hops, length, alphabet = _phop_args(arg)
+        return phop(n, split, hops, seed, length, alphabet)
     path = Path(arg).expanduser()
     if not path.is_file():
         raise DataError(f"task {spec!r}: {path} is not a file")

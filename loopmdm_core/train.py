@@ -10,6 +10,7 @@ gradient one process would; FLOPs and tokens are counted for the whole batch, ov
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
-from . import checkpoint, diffusion, distributed, failpoints, flops, metrics
+from . import checkpoint, diffusion, distributed, failpoints, flops, loop_sampling, metrics
 from .attention import resolve_backend
 from .config import RunConfig, load_run_config
 from .errors import CheckpointError, ConfigError, LoopMDMError
@@ -50,34 +52,84 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run will do, known before any data is read: the sweep's dry-run and the CLI print it."""
+    """What a run will do, known before any data is read: the sweep's dry-run and the CLI print it.
+    With a sampled loop count (train.loop_sampling) every step's draw is known in advance (loop_sampling.py),
+    so the steps, their cumulative FLOPs and the evaluation points are exact here too."""
     config: RunConfig  # resolved
     params: int
-    flops_per_token: int  # training FLOPs per token (3 x forward)
+    flops_per_token: int  # training FLOPs per token (3 x forward); sampled loops: the mean over the run's steps
     tokens_per_step: int
-    flops_per_step: int
+    flops_per_step: int  # sampled loops: the mean over the run's steps (rounded)
     steps: int
     eval_steps: tuple[int, ...]
     checkpoint_steps: tuple[int, ...]
+    loops: tuple[int, ...] = ()  # sampled loop count of each step; (): every step runs model.n_loops
+    cumulative: tuple[int, ...] = ()  # sampled loops: training FLOPs after steps 1..steps
 
     @property
     def total_flops(self) -> int:
-        return self.steps * self.flops_per_step
+        return self.flops_after(self.steps)
+
+    def flops_after(self, done: int) -> int:
+        """Cumulative training FLOPs once `done` steps have run."""
+        if not self.loops:
+            return done * self.flops_per_step
+        return self.cumulative[done - 1] if done else 0
+
+    def loops_at(self, step: int) -> int | None:
+        """The loop count step `step` (0-based) runs; None: the model's own."""
+        return self.loops[step] if self.loops else None
+
+    def lr_position(self, step: int) -> float:
+        """Where step `step` stands in the learning-rate schedule, in steps: with sampled loops, the share of
+        the FLOPs spent before it, so the schedule follows compute, not the count of (unequal) steps."""
+        return step if not self.loops else self.flops_after(step) / self.total_flops * self.steps
 
 
+def _sampled_steps(cfg: RunConfig, sampler) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The loop counts and cumulative FLOPs of the steps the budget buys with sampled loop counts: draws in
+    order until the next step would overspend."""
+    cost, loops, cumulative, total, step = {}, [], [], 0, 0
+    while True:
+        k = sampler.draw(cfg.train.seed, step)
+        if k not in cost:
+            cost[k] = flops.train_flops_per_step(cfg.model, cfg.data.seq_len, cfg.train.batch_size, k,
+                                                 cfg.train.loop_backprop)
+        if total + cost[k] > cfg.train.budget_flops:
+            return tuple(loops), tuple(cumulative)
+        total += cost[k]
+        loops.append(k)
+        cumulative.append(total)
+        step += 1
+
+
+@functools.lru_cache(maxsize=64)
 def plan(cfg: RunConfig) -> RunPlan:
     cfg = resolve(cfg)
     tokens = cfg.train.batch_size * cfg.data.seq_len
-    per_step = flops.train_flops_per_step(cfg.model, cfg.data.seq_len, cfg.train.batch_size)
-    steps = flops.steps_for_budget(cfg.train.budget_flops, per_step)
+    sampler = loop_sampling.parse(cfg.train.loop_sampling)
+    if sampler.kind == "fixed":
+        loops, cumulative = (), ()
+        per_step = flops.train_flops_per_step(cfg.model, cfg.data.seq_len, cfg.train.batch_size,
+                                              backprop_loops=cfg.train.loop_backprop)
+        steps = flops.steps_for_budget(cfg.train.budget_flops, per_step)
+    else:
+        loops, cumulative = _sampled_steps(cfg, sampler)
+        steps = len(loops)
+        per_step = round(cumulative[-1] / steps) if steps else \
+            flops.train_flops_per_step(cfg.model, cfg.data.seq_len, cfg.train.batch_size)
     if steps < 1:
         raise ConfigError(f"train.budget_flops: {cfg.train.budget_flops:.3g} FLOPs buys no step: one step of this "
                           f"model costs {per_step:.3g} FLOPs; raise the budget or shrink the model/batch")
-    evals = sorted({max(1, round(f * steps)) for f in cfg.eval.fractions} | {steps})
+    if loops:  # the first step at which each fraction of the FLOPs is spent
+        evals = {int(np.searchsorted(cumulative, f * cumulative[-1])) + 1 for f in cfg.eval.fractions}
+    else:
+        evals = {max(1, round(f * steps)) for f in cfg.eval.fractions}
+    evals = sorted(evals | {steps})
     every = cfg.train.checkpoint_every
     ckpts = sorted(set(range(every, steps + 1, every)) | {steps}) if every else evals
-    return RunPlan(cfg, flops.num_params(cfg.model), flops.train_flops_per_token(cfg.model, cfg.data.seq_len),
-                   tokens, per_step, steps, tuple(evals), tuple(ckpts))
+    return RunPlan(cfg, flops.num_params(cfg.model), round(per_step / tokens), tokens, per_step, steps,
+                   tuple(evals), tuple(ckpts), loops, cumulative)
 
 
 @dataclass
@@ -198,19 +250,30 @@ class TrainStep:
             self.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                  gradient_as_bucket_view=True, bucket_cap_mb=100)
 
-    def __call__(self, step: int, x: torch.Tensor, lr: float, fixed: torch.Tensor | None = None) -> torch.Tensor:
-        """Train on the host batch `x` (its masks from the step's own RNG, never on `fixed` tokens) at `lr`."""
+    def __call__(self, step: int, x: torch.Tensor, lr: float, fixed: torch.Tensor | None = None,
+                 n_loops: int | None = None) -> torch.Tensor:
+        """Train on the host batch `x` (its masks from the step's own RNG, never on `fixed` tokens) at `lr`,
+        running `n_loops` (None: the model's count) and backpropagating through train.loop_backprop of them."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast() if self.autocast else contextlib.nullcontext():
             loss = diffusion.elbo_loss(self.model, x, self.mask_token, step_generator(self.cfg.train.seed, step),
-                                       pad_to=self.pad_to, rows=self.rows, fixed=fixed)
+                                       n_loops=n_loops, pad_to=self.pad_to, rows=self.rows, fixed=fixed,
+                                       backprop_loops=self.cfg.train.loop_backprop)
         loss.backward()
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+
+def _heldout_problems(cfg: RunConfig) -> list:
+    """The task's held-out (test split) problems val/accuracy is scored on; none without a task."""
+    if not cfg.data.task or not cfg.eval.task_problems:
+        return []
+    from .tasks import problems
+    return problems(cfg.data.task, "test", cfg.eval.task_problems)
 
 
 def train(run_config: RunConfig | dict, sink: Sink | None = None,
@@ -247,6 +310,8 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
     data = load_token_data(cfg.data)
     data.require_batch(cfg.train.batch_size)
     val_batches, val_fixed = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)  # host: masks drawn there
+    val_answers = data.answer_positions(val_batches, val_fixed)  # prompted tasks: the tokens val/answer_loss scores
+    task_problems = _heldout_problems(cfg)
 
     torch.manual_seed(cfg.train.seed)
     model = LoopMDM(cfg.model).to(device)
@@ -265,12 +330,23 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
     log.info("run: %d params, %d steps x %.3g FLOPs, attention %s, device %s",
              run.params, run.steps, run.flops_per_step, backend, device)
 
-    def evaluate() -> float:
+    def evaluate() -> dict:
+        """The validation metrics: loss, and for tasks the answer-only loss and held-out accuracy."""
         model.eval()
-        loss = diffusion.validation_elbo(model, val_batches, data.mask_id, cfg.eval.n_t, cfg.eval.seed,
-                                         autocast=autocast, fixed=val_fixed)
+        loss, answer_loss = diffusion.validation_losses(model, val_batches, data.mask_id, cfg.eval.n_t,
+                                                        cfg.eval.seed, autocast=autocast, fixed=val_fixed,
+                                                        scored=val_answers)
+        out = {metrics.VAL_LOSS: loss, metrics.VAL_PPL: diffusion.perplexity(loss)}
+        if answer_loss is not None:
+            out[metrics.VAL_ANSWER_LOSS] = answer_loss
+        if task_problems:
+            from .evaluate import task_accuracy
+            out[metrics.VAL_ACCURACY] = task_accuracy(
+                model, data.tokenizer, task_problems, data.mask_id, answer_tokens=4, n_steps=cfg.eval.task_steps,
+                fill_to=cfg.data.seq_len if cfg.data.task_format == "prompted" else 0, batch_size=256,
+                autocast=autocast)["accuracy"]
         model.train()
-        return loss
+        return out
 
     evals, ckpts = set(run.eval_steps), set(run.checkpoint_steps)
     loss_acc = torch.zeros((), device=device)  # summed on the device: no host sync per step
@@ -278,9 +354,9 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
     val_loss = math.nan
     model.train()
     for step in range(start, run.steps):
-        lr = lr_at(step, run.steps, cfg.train)
+        lr = lr_at(run.lr_position(step), run.steps, cfg.train)
         x, fixed = data.train_batch(step, cfg.train.batch_size, cfg.train.seed)
-        loss_acc += train_step(step, x, lr, fixed)
+        loss_acc += train_step(step, x, lr, fixed, run.loops_at(step))
         failpoints.reached("step")
         window_steps += 1
         done = step + 1
@@ -295,20 +371,23 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
         train_seconds += elapsed
         session_seconds += elapsed
         loss_acc.zero_()
-        values = {metrics.FLOPS: done * run.flops_per_step, metrics.TOKENS: done * run.tokens_per_step,
-                  metrics.LR: lr}
+        values = {metrics.FLOPS: run.flops_after(done), metrics.TOKENS: done * run.tokens_per_step, metrics.LR: lr}
         if done % cfg.train.log_every == 0 or done == run.steps:
             train_loss = loss_sum / loss_count
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(f"training loss is {train_loss} at step {done}; lower train.lr or check data")
             values[metrics.TRAIN_LOSS] = train_loss
             values[metrics.TOKENS_PER_S] = window_steps * run.tokens_per_step / elapsed
-            values[metrics.MFU] = window_steps * run.flops_per_step / elapsed / (peak * world)
+            window_flops = run.flops_after(done) - run.flops_after(done - window_steps)
+            values[metrics.MFU] = window_flops / elapsed / (peak * world)
             values[metrics.TRAIN_SECONDS] = train_seconds
+            if run.loops:  # the mean loop count drawn since the last log
+                values[metrics.TRAIN_LOOPS] = sum(run.loops[done - window_steps:done]) / window_steps
             loss_sum, loss_count = 0.0, 0
         if done in evals:
-            val_loss = evaluate()
-            values[metrics.VAL_LOSS], values[metrics.VAL_PPL] = val_loss, diffusion.perplexity(val_loss)
+            scores = evaluate()
+            val_loss = scores[metrics.VAL_LOSS]
+            values.update(scores)
         sink(done, values)  # before the checkpoint: a crash in between re-reports this step, never loses it
         if done in ckpts and writes:
             checkpoint.save(checkpoint_dir, done, model, optimizer,
@@ -317,7 +396,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
         window_start, window_steps = time.perf_counter(), 0
 
     if math.isnan(val_loss):  # resumed from the final checkpoint: nothing trained, score the weights
-        val_loss = evaluate()
+        val_loss = evaluate()[metrics.VAL_LOSS]
     return TrainResult(run.steps, run.total_flops, run.steps * run.tokens_per_step, val_loss,
                        diffusion.perplexity(val_loss), data.meta["unigram_ppl"], run.params, backend,
                        start, session_seconds)
