@@ -10,7 +10,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
-.note { color: #555; font-size: 14px; } .warn { color: #a00; } img { max-width: 100%; border: 1px solid #eee; }
+.note { color: #555; font-size: 14px; } img { max-width: 100%; border: 1px solid #eee; }
 """
 
 
@@ -18,6 +18,12 @@ def table(headers: list[str], rows: list[list[str]], css_id: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def notes(lines: list[str]) -> str:
+    """Lines of plain text in the neutral note style (provenance, verdict rules, extrapolations alike: nothing
+    fitted is shouted louder than what was measured)."""
+    return "".join(f"<p class='note'>{html.escape(line)}</p>" for line in lines)
 
 
 def image(path: Path, alt: str) -> str:

@@ -1,7 +1,7 @@
 """Read a finished (or running) sweep back from MLflow: its parent run, its trial runs, their full histories.
 
 `search_runs` returns only each metric's last value, so the curves come from `get_metric_history`; `val/loss`
-is paired with `flops` logged at the same step.
+(and on task runs `val/answer_loss` and `val/accuracy`) is paired with `flops` logged at the same step.
 """
 
 from dataclasses import dataclass, field
@@ -22,6 +22,8 @@ class TrialRecord:
     params: dict
     curve: list[tuple[float, float]] = field(default_factory=list)  # (cumulative FLOPs, val/loss), by step
     error: str = ""
+    answer_curve: list[tuple[float, float]] = field(default_factory=list)  # (FLOPs, val/answer_loss): task runs
+    accuracy_curve: list[tuple[float, float]] = field(default_factory=list)  # (FLOPs, val/accuracy): task runs
     loop_scaling: dict[int, float] = field(default_factory=dict)  # n_loops at inference -> val loss
     attention: list[float] = field(default_factory=list)  # mask->mask share per layer application, in order
     task: dict[str, tuple[float, float]] = field(default_factory=dict)  # schedule -> (accuracy, FLOPs/problem)
@@ -43,6 +45,20 @@ class TrialRecord:
     def budget(self) -> float:
         return float(self.tags.get("loopmdm.budget_flops", 0))
 
+    def history(self, metric: str) -> list[tuple[float, float]]:
+        """(FLOPs, value) pairs of val/loss, val/answer_loss or val/accuracy."""
+        return {metrics.VAL_LOSS: self.curve, metrics.VAL_ANSWER_LOSS: self.answer_curve,
+                metrics.VAL_ACCURACY: self.accuracy_curve}[metric]
+
+    @property
+    def lr_ladder(self) -> str:
+        """'candidate' (an LR-ladder trial whose LR was not chosen), 'chosen', or '' (no ladder in the sweep)."""
+        return self.tags.get("loopmdm.lr_ladder", "")
+
+    @property
+    def lr(self) -> float | None:
+        return self.param("train.lr", float)
+
     def param(self, key: str, cast=int):
         return cast(float(self.params[key])) if key in self.params else None
 
@@ -58,6 +74,12 @@ class SweepData:
     @property
     def finished(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.status == "FINISHED" and t.curve]
+
+    @property
+    def compared(self) -> list[TrialRecord]:
+        """The finished trials every comparison uses: LR-ladder candidates (an LR not chosen for their variant)
+        only inform the choice of learning rate."""
+        return [t for t in self.finished if t.lr_ladder != "candidate"]
 
     @property
     def not_finished(self) -> list[TrialRecord]:
@@ -90,6 +112,14 @@ def _task_results(values: dict) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _with_flops(client: MlflowClient, run, metric: str, flops: dict) -> list[tuple[float, float]]:
+    """(FLOPs, value) of `metric` at the steps where FLOPs were logged too, by step; [] if the run lacks it."""
+    if metric not in run.data.metrics:
+        return []
+    values = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metric)}
+    return [(flops[s], values[s]) for s in sorted(values) if s in flops]
+
+
 def load(tracking_uri: str, experiment: str | None = None, sweep_run: str | None = None) -> SweepData:
     client = tracking.check_store(tracking_uri)
     if sweep_run:
@@ -107,9 +137,10 @@ def load(tracking_uri: str, experiment: str | None = None, sweep_run: str | None
         record = TrialRecord(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.tags),
                              dict(run.data.params), error=run.data.tags.get(tracking.ERROR_TAG, ""))
         if metrics.VAL_LOSS in run.data.metrics:
-            losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metrics.VAL_LOSS)}
             flops = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metrics.FLOPS)}
-            record.curve = [(flops[s], losses[s]) for s in sorted(losses) if s in flops]
+            record.curve = _with_flops(client, run, metrics.VAL_LOSS, flops)
+            record.answer_curve = _with_flops(client, run, metrics.VAL_ANSWER_LOSS, flops)
+            record.accuracy_curve = _with_flops(client, run, metrics.VAL_ACCURACY, flops)
         if metrics.INFER_VAL_LOSS in run.data.metrics:
             record.loop_scaling = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
                                                                                        metrics.INFER_VAL_LOSS)}

@@ -110,3 +110,48 @@ def test_compute_saved_is_below_one_and_none_only_when_unmatched(fixed, flops, a
     assert (saved is None) == (not matched)
     if saved is not None:
         assert saved < 1 and math.isclose(saved, 1 - flops / min(matched))
+
+
+reached_or_not = st.one_of(st.none(), st.floats(1e-3, 1e3, allow_nan=False))
+
+
+@SETTINGS
+@given(st.lists(reached_or_not, min_size=1, max_size=12))
+def test_censored_median_never_averages_only_the_reached(values):
+    """The median ranks not-reached seeds lowest: it is not reached exactly when the middle of the ranking is,
+    it equals the plain median when all reached, and its interval brackets it (not reached = lowest)."""
+    m = iso.censored_median(values, n_resamples=500)
+    keys = sorted(-math.inf if v is None else v for v in values)
+    middle = keys[(len(keys) - 1) // 2], keys[len(keys) // 2]
+    assert (m.median is None) == (-math.inf in middle)
+    if m.median is not None:
+        assert math.isclose(m.median, sum(middle) / 2)
+    assert m.reached == sum(v is not None for v in values) and m.seeds == len(values)
+    if len(values) > 1:
+        assert ranks_below(m.low, m.median) and ranks_below(m.median, m.high)
+
+
+def ranks_below(a, b) -> bool:
+    """a <= b where None (not reached) ranks below every number, up to rounding."""
+    return a is None or (b is not None and a <= b + 1e-9 * max(1.0, abs(b)))
+
+
+@SETTINGS
+@given(st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=40))
+def test_t_interval_is_symmetric_and_wider_than_the_normal_one(values):
+    i = iso.t_interval(values)
+    assert math.isclose(i.mean - i.low, i.high - i.mean, rel_tol=1e-9, abs_tol=1e-9)
+    normal = 1.96 * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    assert i.high - i.mean >= normal - 1e-9
+
+
+@SETTINGS
+@given(st.lists(st.tuples(positive, st.floats(0, 1)), min_size=1, max_size=20), st.floats(0, 1))
+def test_accuracy_reach_is_on_the_curve_and_never_extrapolated(points, target):
+    c = iso.accuracy_curve(*zip(*points))
+    reach = iso.flops_to_reach_accuracy(c, target)
+    best = iso.running_max(c).accuracy
+    assert (reach.flops is None) == (best[-1] < target)
+    if reach.flops is not None:
+        assert c.flops[0] <= reach.flops <= c.flops[-1] * (1 + 1e-12)
+        assert reach.at_first_point == (best[0] >= target)

@@ -1,6 +1,7 @@
 """report.py on stores with known answers (synthetic sweeps in real MLflow/SQLite), and its error paths."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.synthetic_sweep import make_sweep
 from conftest import start_mlflow_server
+from orchestrator import isoflops as iso
 from orchestrator import report, tracking
+from orchestrator.comparison import Comparison, Row, Versus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,25 +38,46 @@ def test_known_speedups_are_reported(store, tmp_path, capsys):
     printed = capsys.readouterr().out
     rows, data = rows_by_label(out)
     fast = rows[("loop[1,3)x2", 1e12)]
-    assert fast["speedup_vs_same_size"]["mean"] == pytest.approx(3.0, rel=1e-6)
-    assert fast["speedup_vs_same_size"]["seeds"] == 2 and fast["speedup_vs_same_size"]["not_reached"] == 0
-    assert fast["speedup_vs_depth_matched"]["mean"] == pytest.approx(2.0, rel=1e-6)  # 3.0 / 1.5
+    assert fast["speedup_vs_same_size"]["median"] == pytest.approx(3.0, rel=1e-6)
+    assert fast["speedup_vs_same_size"]["seeds"] == 2 and fast["speedup_vs_same_size"]["reached"] == 2
+    assert fast["speedup_vs_same_size"]["verdict"] == "faster"
+    assert fast["speedup_vs_depth_matched"]["median"] == pytest.approx(2.0, rel=1e-6)  # 3.0 / 1.5
     slow = rows[("loop[1,3)x3", 3e12)]
-    assert slow["speedup_vs_same_size"]["mean"] is None and slow["speedup_vs_same_size"]["not_reached"] == 2
-    assert "| loop[1,3)x2 | [1,3) | 2 |" in printed and "3.00x [3.00, 3.00]" in printed
-    assert "not reached (2/2 seeds)" in printed
+    assert slow["speedup_vs_same_size"]["median"] is None and slow["speedup_vs_same_size"]["reached"] == 0
+    assert slow["speedup_vs_same_size"]["high"] is None and slow["speedup_vs_same_size"]["verdict"] == "slower"
+    assert "| loop[1,3)x2 | [1,3) | 2 |" in printed and "3.00x [3.00, 3.00]; reached 2/2 seeds" in printed
+    assert "not reached (median); reached 0/2 seeds" in printed
+    # Above noise: the baseline's spread (no noise here: 0) and the paired loss difference at its final FLOPs,
+    # 60 (3e12)^-1/4 - 60 (1e12)^-1/4 for the 3x loop at budget 1e12
+    noise = fast["noise_vs_same_size"]
+    assert noise["baseline"] == "same_size(4L)" and noise["baseline_final_loss"]["std"] == pytest.approx(0, abs=1e-12)
+    gap = 60 * 3e12 ** -0.25 - 60 * 1e12 ** -0.25
+    assert noise["paired_loss_difference"]["mean"] == pytest.approx(gap, rel=1e-6)
+    assert noise["paired_loss_difference"]["verdict"] == "lower loss"
+    assert f"| loop[1,3)x2 | 1e+12 | same_size(4L) | 2 | 0.0600 ± 0.0000 | {gap:+.4f} [{gap:+.4f}, {gap:+.4f}] | " \
+           "lower loss | faster |" in printed
+    assert "one shared learning rate 0.001 for every variant (not tuned)" in printed
     # Honesty: the sweep, the runs used and the one left out with its reason.
     assert f"parent run {parent}" in printed and "runs used: 20 finished trials of 21" in printed
     assert "left out: loop[1,3)x9-b1e+12-s99 (FAILED: RuntimeError: synthetic failure)" in printed
     assert "validation negative ELBO" in printed
     # Two budgets: the iso-FLOPs (finished schedules) speedup is reported too.
-    iso = {r["label"]: r for r in data["iso_flops"]}
-    assert iso["loop[1,3)x2"]["vs_same_size"]["mean"] == pytest.approx(3.0, rel=1e-6)
-    # 20 eval points of one power law per curve: the fitted trends extrapolate the known factors, labelled
-    trend = {e["label"]: e for e in data["extrapolations"]}
-    assert trend["loop[1,3)x2"]["speedup_at_10x"] == pytest.approx(3.0, rel=1e-3)
-    assert trend["loop[1,3)x3"]["speedup_at_100x"] == pytest.approx(0.5, rel=1e-3)
-    assert "EXTRAPOLATION (power-law fit, not measured): loop[1,3)x2 vs same_size(4L): 3.00x at 10x" in printed
+    across = {r["label"]: r for r in data["iso_flops"]}
+    assert across["loop[1,3)x2"]["vs_same_size"]["median"] == pytest.approx(3.0, rel=1e-6)
+    assert data["held_out_accuracy"] == []  # no val/accuracy in this sweep
+    # 20 eval points of one power law per curve: the fitted trends extrapolate the known factors, labelled, with
+    # the seeds' interval (identical seeds: no width) and the fits that passed the gate
+    trend = {(e["label"], e["budget_multiple"]): e for e in data["extrapolations"]}
+    assert trend[("loop[1,3)x2", 10)]["status"] == "reported" and trend[("loop[1,3)x2", 10)]["reason"] is None
+    assert trend[("loop[1,3)x2", 10)]["speedup"] == pytest.approx(3.0, rel=1e-3)
+    assert trend[("loop[1,3)x2", 10)]["low"] == pytest.approx(3.0, rel=1e-3)
+    assert trend[("loop[1,3)x2", 10)]["fit"]["r2"] == pytest.approx(1.0, abs=1e-6)
+    assert trend[("loop[1,3)x3", 100)]["speedup"] == pytest.approx(0.5, rel=1e-3)
+    assert trend[("loop[1,3)x3", 100)]["flops"] == pytest.approx(3e14)
+    assert ("EXTRAPOLATION (fit, not measured): loop[1,3)x2 vs same_size(4L): at 10x the largest budget: "
+            "3.00x [3.00, 3.00]; at 100x the largest budget: 3.00x [3.00, 3.00]") in printed
+    page = (out / "index.html").read_text()
+    assert "<p class='note'>EXTRAPOLATION (fit, not measured)" in page and "warn" not in page
     for name in ("speedups.md", "speedups.csv", "speedups.json", "loss_vs_flops.png", "speedup_bars.png",
                  "loss_vs_loops.png", "index.html"):
         assert (out / name).stat().st_size > 500, name
@@ -79,9 +103,12 @@ def test_extrapolation_averages_the_seeds():
                            list(zip(flops.tolist(), power(flops * shift).tolist())))
     trials = [trial("same_size", 0, 1.0), trial("same_size", 1, 1.0), trial("loop", 0, 2.0), trial("loop", 1, 8.0)]
     groups = {(2e12, s): [t for t in trials if t.seed == s] for s in (0, 1)}
-    (got,) = _extrapolations(trials, groups)
+    (got,) = _extrapolations(trials, groups, "val/loss")
     want = ((2.0 ** -0.25 + 8.0 ** -0.25) / 2) ** -4
-    assert got["speedup_at_10x"] == pytest.approx(want, rel=1e-3) and abs(want - 3.77) < 0.01
+    at10 = got.at[0]
+    assert at10.factor == 10 and at10.speedup == pytest.approx(want, rel=1e-3) and abs(want - 3.77) < 0.01
+    # resampling the 2 seeds: both seed 0 (chance 1/4) predicts 2x, both seed 1 (1/4) 8x: the interval's ends
+    assert (at10.low, at10.high) == pytest.approx((2.0, 8.0), rel=1e-3)
 
 
 def test_single_seed_and_single_budget(store, tmp_path):
@@ -90,9 +117,14 @@ def test_single_seed_and_single_budget(store, tmp_path):
     assert report.main(["--tracking-uri", store, "--out", str(out), "--no-log"]) == 0
     rows, data = rows_by_label(out)
     s = rows[("loop[1,3)x2", 2e12)]["speedup_vs_same_size"]
-    assert s["mean"] == pytest.approx(2.0) and s["low"] == s["high"] == s["mean"] and s["seeds"] == 1
+    assert s["median"] == pytest.approx(2.0) and s["low"] is None and s["high"] is None and s["seeds"] == 1
+    assert s["verdict"] == "1 seed: no interval"
     assert data["iso_flops"] == []  # one budget: no curve across budgets
-    assert "(1 seed)" in (out / "speedups.md").read_text()
+    md = (out / "speedups.md").read_text()
+    assert "2.00x (1 seed: no interval); reached 1/1 seeds" in md
+    assert "| 0.0505 (1 seed: no spread) |" in md and "(1 seed: no interval) | 1 seed: no interval |" in md
+    assert {(e["status"], e["reason"]) for e in data["extrapolations"]} == {("withheld", "1 seed, no interval")}
+    assert "at 10x the largest budget: withheld: 1 seed, no interval" in md and "0.00x" not in md
 
 
 def run_report(*args, cwd):
@@ -145,7 +177,7 @@ def test_inference_sections(store, tmp_path, capsys):
     out = tmp_path / "r"
     assert report.main(["--tracking-uri", store, "--out", str(out), "--no-log"]) == 0
     printed = capsys.readouterr().out
-    assert "validation loss vs inference loops" in printed and "attention among masked positions" in printed
+    assert "## Validation loss vs inference loops" in printed and "## Attention among masked positions" in printed
     data = json.loads((out / "speedups.json").read_text())
     scaling = {r["label"]: r for r in data["inference_loop_scaling"]}
     loop = scaling["loop[1,3)x2"]
@@ -160,7 +192,7 @@ def test_inference_sections(store, tmp_path, capsys):
     assert "Attention among masked positions" in (out / "index.html").read_text()
     # Task accuracy per schedule, pooled over seeds; the ramp saves 25% against the cheapest fixed count as
     # accurate (fixed:2, 2 GFLOPs), and fixed counts past the trained one buy nothing.
-    assert "reasoning-task accuracy vs inference compute" in printed
+    assert "## Reasoning-task accuracy vs inference compute" in printed
     task = {(r["label"], r["schedule"]): r for r in data["task_accuracy"]}
     ramp = task[("loop[1,3)x2", "ramp:4:1")]
     assert ramp["accuracy"]["mean"] == pytest.approx(0.2) and ramp["accuracy"]["problems"] == 200
@@ -169,3 +201,150 @@ def test_inference_sections(store, tmp_path, capsys):
     assert ("same_size(4L)", "ramp:2:1") not in task and task[("same_size(4L)", "fixed:2")]["accuracy"]["mean"] == 0.1
     assert "| loop[1,3)x2 | 1e+12 | 2 | ramp:4:1 | 0.200 [0.150, 0.261] | 1.5000 | 25% |" in printed
     assert (out / "accuracy_vs_inference_flops.png").stat().st_size > 1000
+
+
+def test_censored_speedups_over_seeds(store, tmp_path, capsys):
+    """Per-seed speedups 3x, never, 2x (and never, never, 3x): the median ranks the seed that never reached the
+    target lowest, the interval says so, and nothing is averaged over only the seeds that reached."""
+    make_sweep(store, "mixed", budgets=(1e12,), seeds=(0, 1, 2), loops=((2, (3.0, 0.5, 2.0)), (3, (0.5, 0.5, 3.0))))
+    out = tmp_path / "r"
+    assert report.main(["--tracking-uri", store, "--out", str(out), "--no-log"]) == 0
+    printed = capsys.readouterr().out
+    rows, data = rows_by_label(out)
+    s = rows[("loop[1,3)x2", 1e12)]["speedup_vs_same_size"]
+    assert s["median"] == pytest.approx(2.0) and s["low"] is None and s["high"] == pytest.approx(3.0)
+    assert (s["reached"], s["seeds"], s["lower_bound"], s["verdict"]) == (2, 3, False, "no detectable difference")
+    assert "| 2.00x [not reached, 3.00]; reached 2/3 seeds | 1.33x [not reached, 2.00]; reached 2/3 seeds |" in printed
+    assert "not reached (median); reached 1/3 seeds" in printed
+    assert rows[("loop[1,3)x3", 1e12)]["speedup_vs_same_size"]["median"] is None
+    assert "2.50x" not in printed  # the mean of the two seeds that reached
+    assert "2.00x [not reached, 3.00]; reached 2/3 seeds" in (out / "speedups.csv").read_text()
+    # The paired loss difference at the baseline's final FLOPs: 60 (1e12 s)^-1/4 - 60 (1e12)^-1/4 per seed, a
+    # Student t interval with 2 degrees of freedom (4.303) around their mean
+    gaps = [60 * (1e12 * f) ** -0.25 - 60 * 1e12 ** -0.25 for f in (3.0, 0.5, 2.0)]
+    mean = sum(gaps) / 3
+    half = 4.303 * math.sqrt(sum((g - mean) ** 2 for g in gaps) / 2) / math.sqrt(3)
+    diff = rows[("loop[1,3)x2", 1e12)]["noise_vs_same_size"]["paired_loss_difference"]
+    assert diff["mean"] == pytest.approx(mean, rel=1e-6) and diff["seeds"] == 3
+    assert (diff["low"], diff["high"]) == pytest.approx((mean - half, mean + half), rel=1e-6)
+    assert diff["verdict"] == "no detectable difference"
+    assert (out / "speedup_bars.png").stat().st_size > 1000
+
+
+def versus(median, reached, seeds, high=None):
+    speedup = iso.CensoredMedian(median, None if median is None else median, high or median, reached, seeds, False)
+    return Versus("base", speedup, 1.0, None, None)
+
+
+def test_speedup_bars_mark_censored_cells(monkeypatch, tmp_path):
+    """A cell whose median seed never reached the target is an empty hatched bar, annotated; the legend lists
+    only the series that have bars."""
+    from dashboards import figures
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
+    row = lambda label, vs: Row(label, "loop", "[1,3)", 2, 1, 1, 1e12, iso.bootstrap([1.0]), vs)
+    figures.speedup_bars(Comparison([row("a", {"same_size": versus(2.0, 2, 2), "depth_matched": None}),
+                                     row("b", {"same_size": versus(None, 1, 2, high=4.0)})]), tmp_path / "x.png")
+    ax = figs[0].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["vs same-size", "median seed: not reached"]
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert len(hatched) == 1 and not hatched[0].get_fill() and hatched[0].get_height() == 4.0
+    texts = [t.get_text() for t in ax.texts]
+    assert "not reached\n1/2 reached" in texts and "2.00x\n2/2 reached" in texts
+
+
+def test_extrapolation_withheld_for_a_bad_fit():
+    """A baseline whose loss drops in one jump: no power law describes it (R^2 0.75), so no factor is printed."""
+    import numpy as np
+
+    from orchestrator.comparison import _extrapolations
+    from orchestrator.sweep_data import TrialRecord
+    flops = np.logspace(10, 13, 16).tolist()
+    shapes = {"same_size": [5.0] * 8 + [4.0] * 8, "loop": (60 * np.array(flops) ** -0.25).tolist()}
+
+    def trial(variant, seed):
+        tags = {"loopmdm.variant": variant, "loopmdm.label": variant, "loopmdm.seed": str(seed),
+                "loopmdm.budget_flops": "1e13"}
+        return TrialRecord(f"{variant}{seed}", variant, "FINISHED", tags, {}, list(zip(flops, shapes[variant])))
+    trials = [trial(v, s) for v in shapes for s in (0, 1)]
+    (got,) = _extrapolations(trials, {(1e13, s): [t for t in trials if t.seed == s] for s in (0, 1)}, "val/loss")
+    assert [e.status for e in got.at] == ["withheld", "withheld"] and got.baseline_fit.problem
+    line = report.extrapolation_lines(Comparison([], extrapolations=[got]))[0]
+    assert line == ("EXTRAPOLATION (fit, not measured): loop vs same_size: at 10x the largest budget: withheld: fit "
+                    "R^2 0.75 < 0.95 for same_size; at 100x the largest budget: withheld: fit R^2 0.75 < 0.95 for "
+                    "same_size")
+
+
+def test_task_sweep_compares_answer_loss_and_accuracy(store, tmp_path, capsys):
+    """Every trial logs val/answer_loss (the shift squared: 9x over same-size, 4x over depth-matched) and
+    val/accuracy (linear in log FLOPs: the loop reaches the same-size's final accuracy with 3x fewer FLOPs)."""
+    make_sweep(store, "task", budgets=(1e12,), seeds=(0, 1), loops=((2, 3.0),), task=True)
+    out = tmp_path / "r"
+    assert report.main(["--tracking-uri", store, "--experiment", "task", "--out", str(out), "--no-log"]) == 0
+    printed = capsys.readouterr().out
+    rows, data = rows_by_label(out)
+    assert data["loss_metric"] == "val/answer_loss"
+    assert ("loss compared: validation negative ELBO on answer tokens only (val/answer_loss, nats per answer "
+            "token") in printed and "| final answer loss |" in printed
+    loop = rows[("loop[1,3)x2", 1e12)]
+    assert loop["speedup_vs_same_size"]["median"] == pytest.approx(9.0, rel=1e-6)
+    assert loop["speedup_vs_depth_matched"]["median"] == pytest.approx(4.0, rel=1e-6)
+    assert {e["budget_multiple"]: e["speedup"] for e in data["extrapolations"]} == pytest.approx({10: 9.0, 100: 9.0},
+                                                                                                rel=1e-3)
+    acc = {r["label"]: r for r in data["held_out_accuracy"]}
+    gap = 0.2 * math.log10(3)  # accuracy 0.5 + 0.2 log10(3 C / 1e12) against 0.5 at C = 1e12
+    assert acc["loop[1,3)x2"]["gap_vs_same_size"] == {"mean": pytest.approx(gap), "low": pytest.approx(gap),
+                                                      "high": pytest.approx(gap), "method": "t over seeds",
+                                                      "verdict": "higher accuracy"}
+    assert acc["loop[1,3)x2"]["speedup_vs_same_size"]["median"] == pytest.approx(3.0, rel=1e-6)
+    assert acc["loop[1,3)x2"]["seed_mean_t"]["mean"] == pytest.approx(0.5 + gap)
+    wilson = iso.wilson(120, 200)  # round(100 x 0.5954) = 60 correct of 100, per seed
+    assert acc["loop[1,3)x2"]["pooled_wilson"] == {"mean": 0.6, "low": wilson.low, "high": wilson.high,
+                                                   "problems": 200}
+    assert acc["same_size(4L)"]["gap_vs_same_size"] is None and acc["same_size(4L)"]["pooled_wilson"]["mean"] == 0.5
+    assert (f"| loop[1,3)x2 | 1e+12 | 2 | 0.600 [{wilson.low:.3f}, {wilson.high:.3f}] (200 problems) | "
+            f"0.595 [0.595, 0.595] | +0.095 [+0.095, +0.095] | higher accuracy | 3.00x [3.00, 3.00]; reached 2/2 "
+            f"seeds |") in printed
+    assert (out / "accuracy_vs_flops.png").stat().st_size > 1000
+    assert "Held-out accuracy" in (out / "index.html").read_text()
+
+
+def test_one_seed_accuracy_gap_is_sampling_noise_only(store, tmp_path):
+    make_sweep(store, "task1", budgets=(2e12,), seeds=(0,), loops=((2, 2.0),), task=True)
+    out = tmp_path / "r"
+    assert report.main(["--tracking-uri", store, "--experiment", "task1", "--out", str(out), "--no-log"]) == 0
+    _, data = rows_by_label(out)
+    gap = {r["label"]: r for r in data["held_out_accuracy"]}["loop[1,3)x2"]["gap_vs_same_size"]
+    # accuracies 0.5 + 0.2 log10(4) = 0.620 and 0.5 + 0.2 log10(2) = 0.560 of 100 problems: 62 and 56 correct
+    want = iso.newcombe(62, 100, 56, 100)
+    assert (gap["low"], gap["high"]) == pytest.approx((want.low, want.high))
+    assert gap["method"] == "1 seed: sampling noise only"
+    assert gap["verdict"] == "no detectable difference (1 seed: sampling noise only)"
+    assert "(1 seed: sampling noise only)" in (out / "speedups.md").read_text()
+
+
+def test_lr_ladder_candidates_are_only_under_learning_rates(store, tmp_path, capsys):
+    """Each variant's chosen LR at every budget, the other ladder LRs at the smallest one (curves needing 2x the
+    FLOPs): the comparisons see only the chosen trials, the 'Learning rates' section all of them."""
+    make_sweep(store, "ladder", seeds=(0, 1), loops=((2, 3.0),),
+               lr_ladder={"same_size": 1e-3, "loop": 3e-3, "depth_matched": 3e-4})
+    out = tmp_path / "r"
+    assert report.main(["--tracking-uri", store, "--experiment", "ladder", "--out", str(out), "--no-log"]) == 0
+    printed = capsys.readouterr().out
+    rows, data = rows_by_label(out)
+    assert "runs used: 12 finished trials of 24 (12 LR-ladder candidates are in no comparison" in printed
+    for budget in (1e12, 3e12):
+        assert rows[("loop[1,3)x2", budget)]["speedup_vs_same_size"]["median"] == pytest.approx(3.0, rel=1e-6)
+        assert rows[("same_size(4L)", budget)]["final_val_loss"]["seeds"] == 2
+    lr = data["learning_rates"]
+    assert lr["ladder_budget"] == 1e12
+    cells = {(c["label"], c["lr"]): c for c in lr["ladder"]}
+    assert cells[("same_size(4L)", 1e-3)]["chosen"] and cells[("same_size(4L)", 1e-3)]["loss"] == pytest.approx(0.06)
+    assert not cells[("same_size(4L)", 3e-4)]["chosen"]
+    assert cells[("same_size(4L)", 3e-4)]["loss"] == pytest.approx(60 * 5e11 ** -0.25)  # 2x the FLOPs needed
+    assert cells[("loop[1,3)x2", 3e-3)]["loss"] == pytest.approx(60 * 3e12 ** -0.25)
+    assert cells[("loop[1,3)x2", 3e-3)]["seeds"] == 2
+    assert ("loop[1,3)x2: used lr 0.003 at every budget (chosen at budget 1e+12 by final validation loss, seeds "
+            "averaged)") in lr["lines"]
+    assert "| same_size(4L) | 0.0714 | 0.0600 (chosen) | 0.0714 |" in printed
+    assert "| variant | lr 0.0003 | lr 0.001 | lr 0.003 |" in printed
