@@ -35,11 +35,11 @@ def main(argv=None) -> int:
         parser.error("--resume and --restart contradict each other")
     try:
         spec = specs.load(args.sweep)
-        trials = specs.expand(spec)
-        total = sum(t.plan.total_flops for t in trials)
-        print(f"sweep {spec.name!r}: {len(trials)} trials, {total:.3g} training FLOPs in all")
+        trials, later = specs.expand(spec), specs.later_trials(spec)  # later: after an lr ladder, lr to be chosen
+        total = sum(t.plan.total_flops for t in trials + later)
+        print(f"sweep {spec.name!r}: {len(trials) + len(later)} trials, {total:.3g} training FLOPs in all")
         if args.dry_run:
-            print(specs.trial_table(trials))
+            print(specs.dry_run_text(spec, trials, later))
             return 0
         from orchestrator import sweep
         outcome = sweep.run(spec, tracking_uri=args.tracking_uri, address=args.address, restart=args.restart,

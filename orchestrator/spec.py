@@ -4,16 +4,22 @@ A sweep is data only (no expressions): a `base` run config with the core's schem
 grid or a list), the baselines to derive, budgets and seeds. Expansion gives one complete, validated run
 config per trial. Every problem of the file is reported at once, each naming its YAML path, before any
 compute starts.
+
+With `lr_ladder:` a sweep has two stages: the ladder (every variant at every listed lr, at the smallest
+budget) and then the larger budgets, each variant at the lr whose seed-mean final validation loss was lowest
+in the ladder (`choose_lrs`). `expand` gives the ladder, `later_trials` the rest once the choice is known.
 """
 
 import dataclasses
 import hashlib
 import itertools
 import json
+import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loopmdm_core import flops, schedules
+from loopmdm_core import loop_sampling, metrics, schedules
 from loopmdm_core.config import RunConfig, flatten, from_dict, read_yaml
 from loopmdm_core.errors import ConfigError, DataError
 from loopmdm_core.tasks import parse_spec
@@ -22,7 +28,21 @@ from loopmdm_core.train import RunPlan, plan
 
 BASELINES = ("same_size", "depth_matched")
 LOOP_KEYS = ("loop_start", "loop_end", "n_loops")
+LOOP_OPTIONS = ("loop_sampling", "loop_backprop")  # how a looped variant trains; its baselines train fixed
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+# Run config fields the sweep's own keys set per trial: set in base, they would be silently overwritten.
+SWEPT = {("model", k): "loops:" for k in LOOP_KEYS} | {("train", k): "loops:" for k in LOOP_OPTIONS} | \
+    {("train", "budget_flops"): "budgets:", ("train", "seed"): "seeds:"}
+SWEPT_HINTS = {"loop_sampling": " (per looped variant, e.g. loops: [{loop_start: 1, loop_end: 3, n_loops: 2, "
+                                "loop_sampling: uniform:1:3}]; the baselines always train with fixed loops)",
+               "loop_backprop": " (per looped variant, e.g. loops: [{..., loop_backprop: 2}])",
+               "budget_flops": " (list the training budgets under budgets:)", "seed": " (list them under seeds:)",
+               "lr": " (or drop lr_ladder: to train every trial at base.train.lr)"}
+
+# Trial tags beyond the identity ones (TrialSpec.tags); the report reads them.
+LR_TAG = "loopmdm.lr"  # the trial's learning rate, str(float)
+LADDER_TAG = "loopmdm.lr_ladder"  # lr_ladder sweeps only: candidate (a ladder lr not chosen) or chosen
+LR_CHOICE_TAG = "loopmdm.lr_choice"  # on the parent run: JSON {variant label: chosen lr}
 
 
 @dataclass(frozen=True)
@@ -76,10 +96,56 @@ class Infer:
 
 
 @dataclass(frozen=True)
+class LrLadder:
+    """Each variant's learning rate, chosen at the smallest budget: there every variant trains at every one of
+    `values` for every seed, and at the larger budgets only at the value with the lowest seed-mean final
+    validation loss (one shared lr would favour whichever variant it happens to suit)."""
+    values: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoopVariant:
+    """One entry of `loops:` after grid expansion: the loop, and how its training draws loop counts."""
+    loop_start: int
+    loop_end: int
+    n_loops: int  # what validation and inference run (and every training step with fixed sampling)
+    loop_sampling: str = "fixed"  # train.loop_sampling of this variant only
+    loop_backprop: int = 0  # train.loop_backprop of this variant only
+
+    def as_list(self) -> list:
+        """For the parent run's params: fixed, fully backpropagated loops keep the [start, end, n] form that
+        sweeps logged before loop sampling existed."""
+        short = [self.loop_start, self.loop_end, self.n_loops]
+        return short if (self.loop_sampling, self.loop_backprop) == ("fixed", 0) else \
+            short + [self.loop_sampling, self.loop_backprop]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model and how it trains, the same at every budget, seed and lr: what the report compares, and what
+    an lr ladder chooses one lr for. Its label names it uniquely within a sweep."""
+    kind: str  # loop | same_size | depth_matched
+    model: ModelConfig
+    loop_sampling: str = "fixed"
+    loop_backprop: int = 0
+    mean_loops: float = 1.0  # E[loop count] of a training step
+
+    @property
+    def label(self) -> str:
+        return variant_label(self.kind, self.model, self.loop_sampling, self.loop_backprop)
+
+    @property
+    def applied_layers(self) -> int:
+        """Layer applications per token, the depth of the depth-matched baseline this variant pairs with (the
+        report pairs by it): a sampled count's mean, rounded to a whole layer as depth_matched does."""
+        return depth_matched(self.model, self.mean_loops).n_layers if self.kind == "loop" else self.model.n_layers
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str = ""
     base: RunConfig = field(default_factory=RunConfig)
-    loops: tuple = ()  # ((loop_start, loop_end, n_loops), ...)
+    loops: tuple = ()  # LoopVariant, ...
     baselines: tuple[str, ...] = BASELINES
     budgets: tuple[float, ...] = ()
     seeds: tuple[int, ...] = (0,)
@@ -89,6 +155,7 @@ class SweepSpec:
     storage_path: str = ""  # Ray Tune results; "": <cwd>/ray_results
     tracking: Tracking = field(default_factory=Tracking)
     search: Search | None = None
+    lr_ladder: LrLadder | None = None  # absent: every trial trains at base.train.lr
     infer: Infer | None = None  # absent: no evaluation after training
     source: str = ""  # the YAML text, logged as an artifact
 
@@ -97,27 +164,52 @@ class SweepSpec:
 class TrialSpec:
     key: str  # stable hash of the full run config: the identity of the trial (MLflow tag loopmdm.trial_key)
     variant: str  # loop | same_size | depth_matched
-    label: str  # loop[1,3)x2, same_size(4L), depth_matched(6L)
+    label: str  # loop[1,3)x2, loop[1,3)x2~uniform:1:3/bp2, same_size(4L), depth_matched(6L)
     group: str  # the trials compared with each other: same budget and seed
     seed: int
     budget_flops: float
     config: RunConfig
     plan: RunPlan
+    mean_loops: float  # E[loop count] of a training step
+    applied_layers: int  # Variant.applied_layers
+    lr_ladder: str = ""  # "": no ladder; candidate: a ladder trial (until chosen); chosen: trained at the chosen lr
+
+    @property
+    def lr(self) -> float:
+        return self.config.train.lr
+
+    @property
+    def name(self) -> str:
+        """The run's name: in a ladder sweep the lr tells apart the trials of one variant at one budget."""
+        name = f"{self.label}-b{self.budget_flops:.3g}-s{self.seed}"
+        return f"{name}-lr{self.lr:g}" if self.lr_ladder else name
 
     @property
     def tags(self) -> dict[str, str]:
-        return {"loopmdm.role": "trial", "loopmdm.variant": self.variant, "loopmdm.label": self.label,
+        tags = {"loopmdm.role": "trial", "loopmdm.variant": self.variant, "loopmdm.label": self.label,
                 "loopmdm.group": self.group, "loopmdm.seed": str(self.seed),
-                "loopmdm.budget_flops": f"{self.budget_flops:g}", "loopmdm.trial_key": self.key}
+                "loopmdm.budget_flops": f"{self.budget_flops:g}", "loopmdm.trial_key": self.key,
+                LR_TAG: str(self.lr)}
+        return {**tags, LADDER_TAG: self.lr_ladder} if self.lr_ladder else tags
+
+    @property
+    def derived(self) -> dict:
+        """MLflow params the config implies. applied_layers is the (rounded mean) depth the report pairs a loop
+        with its depth-matched baseline by; flops_per_token is the mean over the run's steps when sampled."""
+        return {"derived.params": self.plan.params, "derived.flops_per_token": self.plan.flops_per_token,
+                "derived.steps": self.plan.steps, "derived.applied_layers": self.applied_layers,
+                "derived.mean_loops": self.mean_loops}
 
 
 def trial_key(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def variant_label(variant: str, model) -> str:
+def variant_label(variant: str, model, sampling: str = "fixed", backprop: int = 0) -> str:
     if variant == "loop":
-        return f"loop[{model.loop_start},{model.loop_end})x{model.n_loops}"
+        label = f"loop[{model.loop_start},{model.loop_end})x{model.n_loops}"
+        label += "" if sampling == "fixed" else f"~{sampling}"
+        return label + (f"/bp{backprop}" if backprop else "")
     return f"{variant}({model.n_layers}L)"
 
 
@@ -139,8 +231,29 @@ def _int_list(value, path: str, problems: list[str], minimum: int | None = None)
     return tuple(out)
 
 
+def _sampler_list(value, path: str, problems: list[str]) -> tuple[str, ...]:
+    """`loop_sampling`: one sampler string or a list of them (a grid axis), each checked by the core's parser."""
+    values = value if isinstance(value, list) else [value]
+    out = []
+    for i, v in enumerate(values):
+        where = f"{path}[{i}]" if isinstance(value, list) else path
+        if not isinstance(v, str):
+            problems.append(f"{where}: expected a sampler ({loop_sampling.FORMS}), got {v!r}")
+            continue
+        try:
+            loop_sampling.parse(v)
+        except ConfigError as e:  # the core names its own field; here the YAML path says where it is
+            problems.extend(f"{where}: {p.removeprefix('train.loop_sampling: ')}" for p in e.problems)
+            continue
+        out.append(v)
+    if isinstance(value, list) and not value:
+        problems.append(f"{path}: empty list; give at least one value")
+    return tuple(out)
+
+
 def _parse_loops(raw, problems: list[str]) -> tuple:
-    """`loops:` is a grid (a mapping of lists, every combination) or a list of {loop_start, loop_end, n_loops}."""
+    """`loops:` is a grid (a mapping of lists, every combination) or a list of {loop_start, loop_end, n_loops},
+    each optionally with loop_sampling (default fixed) and loop_backprop (default 0)."""
     if raw is None:
         problems.append("loops: missing; give the looped variants, e.g. loops: {loop_start: [1], loop_end: [3], "
                         "n_loops: [2, 3]}")
@@ -157,16 +270,19 @@ def _parse_loops(raw, problems: list[str]) -> tuple:
         if not isinstance(entry, dict):
             problems.append(f"{path}: expected a mapping with {', '.join(LOOP_KEYS)}, got {entry!r}")
             continue
-        unknown = set(entry) - set(LOOP_KEYS)
+        unknown = set(entry) - set(LOOP_KEYS) - set(LOOP_OPTIONS)
         for key in sorted(unknown, key=str):
-            problems.append(f"{path}.{key}: unknown key; loops take {', '.join(LOOP_KEYS)}")
+            problems.append(f"{path}.{key}: unknown key; loops take {', '.join(LOOP_KEYS)} and optionally "
+                            f"{', '.join(LOOP_OPTIONS)}")
         missing = [k for k in LOOP_KEYS if k not in entry]
         if missing:
             problems.append(f"{path}: missing {', '.join(missing)}")
             continue
         lists = [_int_list(entry[k], f"{path}.{k}", problems, minimum=0) for k in LOOP_KEYS]
-        for start, end, n in itertools.product(*lists):
-            combos.append(((start, end, n), path))
+        lists.append(_sampler_list(entry.get("loop_sampling", "fixed"), f"{path}.loop_sampling", problems))
+        lists.append(_int_list(entry.get("loop_backprop", 0), f"{path}.loop_backprop", problems, minimum=0))
+        for combo in itertools.product(*lists):
+            combos.append((LoopVariant(*combo), path))
     return tuple(combos)
 
 
@@ -213,19 +329,44 @@ def _parse_search(raw, problems: list[str]) -> Search | None:
     return dataclasses.replace(search, params=tuple(params))
 
 
-def _base_without_loop(base_raw, problems: list[str]):
-    """The base's model is the plain network the loops are applied to: its own loop fields would be
-    overwritten by every variant, so setting them is an error, and it is validated as [0, n_layers) x 1."""
-    if not isinstance(base_raw, dict) or not isinstance(base_raw.get("model", {}), dict):
+def _parse_ladder(raw, problems: list[str]) -> LrLadder | None:
+    if raw is None:
+        return None
+    try:
+        ladder = from_dict(LrLadder, raw, "lr_ladder")
+    except ConfigError as e:
+        problems.extend(e.problems)
+        return None
+    if len(ladder.values) < 2:
+        problems.append(f"lr_ladder.values: give at least two learning rates to choose from, e.g. "
+                        f"[1.0e-3, 3.0e-3], got {list(ladder.values)}")
+    for i, lr in enumerate(ladder.values):
+        if not lr > 0:
+            problems.append(f"lr_ladder.values[{i}]: must be > 0, got {lr}")
+        elif lr in ladder.values[:i]:
+            problems.append(f"lr_ladder.values[{i}]: {lr:g} is listed twice")
+    return ladder
+
+
+def _base_without_swept(base_raw, problems: list[str], ladder: bool):
+    """The base's model is the plain network the loops are applied to, trained the way the baselines are:
+    the fields the sweep sets per trial (SWEPT; train.lr too under an lr ladder) would be overwritten, so setting
+    them is an error, and the model is validated as [0, n_layers) x 1."""
+    if not isinstance(base_raw, dict):
         return base_raw
-    model = dict(base_raw.get("model") or {})
-    for key in LOOP_KEYS:
-        if model.pop(key, None) is not None:
-            problems.append(f"base.model.{key}: set by the sweep's loops:, not by base; remove it")
-    n_layers = model.get("n_layers", ModelConfig.n_layers)
-    if isinstance(n_layers, int) and n_layers >= 1:
-        model.update(loop_start=0, loop_end=n_layers, n_loops=1)
-    return {**base_raw, "model": model}
+    swept = SWEPT | ({("train", "lr"): "lr_ladder:"} if ladder else {})
+    sections = {name: dict(base_raw.get(name) or {}) for name in ("model", "train")
+                if isinstance(base_raw.get(name) or {}, dict)}
+    for (name, key), owner in swept.items():
+        if name in sections and key in sections[name]:
+            del sections[name][key]
+            problems.append(f"base.{name}.{key}: set by the sweep's {owner}, not by base; remove it"
+                            f"{SWEPT_HINTS.get(key, '')}")
+    if "model" in sections:
+        n_layers = sections["model"].get("n_layers", ModelConfig.n_layers)
+        if isinstance(n_layers, int) and n_layers >= 1:
+            sections["model"].update(loop_start=0, loop_end=n_layers, n_loops=1)
+    return {**base_raw, **sections}
 
 
 def parse(data: dict, source: str = "") -> SweepSpec:
@@ -233,6 +374,7 @@ def parse(data: dict, source: str = "") -> SweepSpec:
     problems: list[str] = []
     data = dict(data or {})
     base_raw, loops_raw, search_raw = data.pop("base", None), data.pop("loops", None), data.pop("search", None)
+    ladder = _parse_ladder(data.pop("lr_ladder", None), problems)
     infer = None
     if "infer" in data:
         try:
@@ -244,6 +386,8 @@ def parse(data: dict, source: str = "") -> SweepSpec:
             problems.extend(e.problems)
     loops = _parse_loops(loops_raw, problems)
     search = _parse_search(search_raw, problems)
+    if search and ladder:
+        problems.append("lr_ladder: cannot be combined with search: (both tune the learning rate); keep one")
     try:
         spec = from_dict(SweepSpec, {k: v for k, v in data.items() if k != "source"}, "")
     except ConfigError as e:
@@ -255,7 +399,7 @@ def parse(data: dict, source: str = "") -> SweepSpec:
     if base_raw is None:
         problems.append("base: missing; give a run config (model, data, train, eval), e.g. configs/default.yaml")
     else:
-        base_raw = _base_without_loop(base_raw, problems)
+        base_raw = _base_without_swept(base_raw, problems, ladder is not None)
         try:
             base = from_dict(RunConfig, base_raw, "base")  # unknown keys and types named with their YAML path
         except ConfigError as e:
@@ -296,7 +440,8 @@ def parse(data: dict, source: str = "") -> SweepSpec:
     if spec.max_concurrent < 0 or spec.max_failures < 0:
         problems.append("max_concurrent/max_failures: must be >= 0")
     n_layers = base.model.n_layers
-    for (start, end, n), path in loops:
+    for loop, path in loops:
+        start, end, n = loop.loop_start, loop.loop_end, loop.n_loops
         where = f"{path} (loop_start={start}, loop_end={end}, n_loops={n})"
         if end > n_layers:
             problems.append(f"{where}: loop_end {end} > base.model.n_layers={n_layers}")
@@ -314,7 +459,7 @@ def parse(data: dict, source: str = "") -> SweepSpec:
     if infer and infer.task.test:
         infer = dataclasses.replace(infer, task=dataclasses.replace(infer.task, test=_absolute_task(infer.task.test)))
     return dataclasses.replace(spec, base=_absolute_paths(base), loops=tuple(c for c, _ in loops), search=search,
-                               infer=infer, source=source)
+                               lr_ladder=ladder, infer=infer, source=source)
 
 
 def _task_eval_problems(task: TaskEval) -> list[str]:
@@ -358,45 +503,154 @@ def load(path: str | Path) -> SweepSpec:
 
 # ---------------------------------------------------------------------------------------------- expansion
 
-def expand(spec: SweepSpec) -> list[TrialSpec]:
-    """One TrialSpec per (variant, budget, seed); identical run configs (a baseline shared by several loop
-    configs) appear once. Order: budgets, seeds, then loops each followed by its baselines."""
+def variants(spec: SweepSpec) -> list[Variant]:
+    """Each looped variant followed by its baselines, in the order of loops:, each distinct one once (a baseline
+    shared by several loop configs is one variant). The baselines train with fixed loops and full backprop;
+    a sampled loop's depth-matched baseline has its mean applied depth, rounded to a whole layer."""
+    found: dict[str, Variant] = {}
+    for loop in spec.loops:
+        model = dataclasses.replace(spec.base.model, loop_start=loop.loop_start, loop_end=loop.loop_end,
+                                    n_loops=loop.n_loops)
+        mean = loop_sampling.parse(loop.loop_sampling).mean(loop.n_loops)
+        derived = {"same_size": same_size(model), "depth_matched": depth_matched(model, mean_loops=mean)}
+        for v in [Variant("loop", model, loop.loop_sampling, loop.loop_backprop, mean)] + \
+                 [Variant(name, derived[name]) for name in spec.baselines]:
+            found.setdefault(v.label, v)
+    return list(found.values())
+
+
+def _expand(spec: SweepSpec, budgets, lrs_of, lr_ladder: str = "") -> list[TrialSpec]:
+    """One TrialSpec per (budget, seed, variant, lr in lrs_of(label)); identical run configs appear once.
+    Order: budgets, seeds, then loops each followed by its baselines, then lrs."""
     trials: dict[str, TrialSpec] = {}
     problems = []
-    for budget, seed in itertools.product(spec.budgets, spec.seeds):
+    for budget, seed in itertools.product(budgets, spec.seeds):
         group = f"b{budget:.3g}-s{seed}"
-        for start, end, n in spec.loops:
-            looped = dataclasses.replace(spec.base.model, loop_start=start, loop_end=end, n_loops=n)
-            variants = [("loop", looped)]
-            variants += [(name, {"same_size": same_size, "depth_matched": depth_matched}[name](looped))
-                         for name in spec.baselines]
-            for variant, model in variants:
-                cfg = dataclasses.replace(spec.base, model=model,
-                                          train=dataclasses.replace(spec.base.train, budget_flops=budget, seed=seed))
+        for v in variants(spec):
+            for lr in lrs_of(v.label):
+                train = dataclasses.replace(spec.base.train, budget_flops=budget, seed=seed, lr=lr,
+                                            loop_sampling=v.loop_sampling, loop_backprop=v.loop_backprop)
+                cfg = dataclasses.replace(spec.base, model=v.model, train=train)
                 key = trial_key(cfg)
                 if key in trials:
                     continue
                 try:
                     run_plan = plan(cfg)
                 except ConfigError as e:
-                    problems.extend(f"budgets: {budget:g} for {variant_label(variant, model)}: {p}" for p in e.problems)
+                    problems.extend(f"budgets: {budget:g} for {v.label}: {p}" for p in e.problems)
                     continue
-                trials[key] = TrialSpec(key, variant, variant_label(variant, model), group, seed, budget, cfg,
-                                        run_plan)
+                trials[key] = TrialSpec(key, v.kind, v.label, group, seed, budget, cfg, run_plan, v.mean_loops,
+                                        v.applied_layers, lr_ladder)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(list(dict.fromkeys(problems)))  # the same budget fails the same way at every seed and lr
     return list(trials.values())
 
 
-def trial_table(trials: list[TrialSpec]) -> str:
-    """The dry-run table: one row per trial, with what it will cost."""
-    head = ("variant", "layers", "loop", "loops", "params", "FLOPs/token", "steps", "budget", "seed")
+def ladder_budget(spec: SweepSpec) -> float:
+    return min(spec.budgets)
+
+
+def expand(spec: SweepSpec) -> list[TrialSpec]:
+    """The trials whose configs are known before any training: all of them; with lr_ladder, the ladder (stage
+    1: the smallest budget, every variant at every lr of the ladder, every seed)."""
+    if spec.lr_ladder is None:
+        return _expand(spec, spec.budgets, lambda label: (spec.base.train.lr,))
+    return _expand(spec, (ladder_budget(spec),), lambda label: spec.lr_ladder.values, "candidate")
+
+
+def later_trials(spec: SweepSpec, chosen: dict[str, float] | None = None) -> list[TrialSpec]:
+    """Stage 2 of an lr_ladder sweep (none without a ladder): every larger budget, each variant at the lr
+    `chosen` for it by its label (a variant without one, whose every ladder trial failed, has none).
+    chosen=None: the ladder's first lr stands in for the choice to come (steps and FLOPs do not depend on the
+    lr), for the dry run, and to check every budget before any compute."""
+    if spec.lr_ladder is None:
+        return []
+    larger = tuple(b for b in spec.budgets if b > ladder_budget(spec))
+    if chosen is None:
+        return _expand(spec, larger, lambda label: spec.lr_ladder.values[:1], "chosen")
+    return _expand(spec, larger, lambda label: (chosen[label],) if label in chosen else (), "chosen")
+
+
+# ---------------------------------------------------------------------------------------------- lr ladder
+
+@dataclass(frozen=True)
+class LadderRun:
+    """A ladder trial as the tracking store holds it once stage 1 is over (one per variant, lr and seed)."""
+    label: str
+    lr: float
+    final: dict | None  # its final metric values (MLflow's latest); None: it did not finish
+
+
+@dataclass(frozen=True)
+class LrChoice:
+    metric: str  # what chose: val/answer_loss when every finished ladder trial has it, else val/loss
+    means: dict  # label -> {lr: final metric averaged over seeds; None when a seed's trial did not finish}
+    chosen: dict  # label -> lr with the lowest mean (ties: the smaller lr); absent: no lr finished every seed
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric,
+                "variants": {label: {"chosen": self.chosen.get(label),
+                                     "mean_loss": {str(lr): mean for lr, mean in row.items()}}
+                             for label, row in self.means.items()}}
+
+
+def choose_lrs(runs: list[LadderRun]) -> LrChoice:
+    """Each variant's lr: the lowest final validation loss averaged over seeds. An lr at which some seed did not
+    finish (diverged, failed) is not eligible. Pure, and independent of the order of `runs` (fsum), so a resumed
+    sweep computes exactly the choice its first invocation did."""
+    finished = [r.final for r in runs if r.final is not None]
+    metric = metrics.VAL_ANSWER_LOSS if finished and all(metrics.VAL_ANSWER_LOSS in f for f in finished) \
+        else metrics.VAL_LOSS
+    losses: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        value = (r.final or {}).get(metric)
+        losses[r.label][r.lr].append(value if value is not None and math.isfinite(value) else None)
+    means = {label: {lr: None if None in values else math.fsum(values) / len(values)
+                     for lr, values in sorted(row.items())} for label, row in losses.items()}
+    chosen = {label: min((mean, lr) for lr, mean in row.items() if mean is not None)[1]
+              for label, row in means.items() if any(mean is not None for mean in row.values())}
+    return LrChoice(metric, means, chosen)
+
+
+# ---------------------------------------------------------------------------------------------- dry run
+
+def _sampler(t: TrialSpec) -> str:
+    train = t.config.train
+    cell = train.loop_sampling if train.loop_sampling == "fixed" else f"{train.loop_sampling} (mean {t.mean_loops:g})"
+    return cell + (f" bp{train.loop_backprop}" if train.loop_backprop else "")
+
+
+def trial_table(trials: list[TrialSpec], lr_chosen_at: float | None = None) -> str:
+    """The dry-run table: one row per trial, with what it will cost. lr_chosen_at: the trials' lr is not known
+    yet, the ladder at that budget will choose it."""
+    head = ("variant", "layers", "loop", "loops", "sampler", "params", "FLOPs/token", "steps", "budget", "seed", "lr")
+    lr_cell = (lambda t: f"chosen at budget {lr_chosen_at:.3g}") if lr_chosen_at else (lambda t: f"{t.lr:g}")
     rows = []
     for t in trials:
         m = t.plan.config.model
-        rows.append((t.label, str(m.n_layers), f"[{m.loop_start},{m.loop_end})", str(m.n_loops),
-                     f"{t.plan.params:,}", f"{flops.train_flops_per_token(m, t.config.data.seq_len):.3g}",
-                     f"{t.plan.steps:,}", f"{t.budget_flops:.3g}", str(t.seed)))
+        rows.append((t.label, str(m.n_layers), f"[{m.loop_start},{m.loop_end})", str(m.n_loops), _sampler(t),
+                     f"{t.plan.params:,}", f"{t.plan.flops_per_token:.3g}", f"{t.plan.steps:,}",
+                     f"{t.budget_flops:.3g}", str(t.seed), lr_cell(t)))
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    line = lambda r: "  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(head), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+def dry_run_text(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec]) -> str:
+    """What --dry-run prints after the summary line: the trial table(s), and how what is not fixed yet is set."""
+    parts = []
+    if spec.lr_ladder is None:
+        parts.append(trial_table(trials))
+    else:
+        budget = ladder_budget(spec)
+        lrs = ", ".join(f"{lr:g}" for lr in spec.lr_ladder.values)
+        parts.append(f"stage 1, the lr ladder ({len(trials)} trials): every variant at lr {lrs}, every seed, "
+                     f"at budget {budget:.3g}\n" + trial_table(trials))
+        parts.append(f"stage 2 ({len(later)} trials), decided after stage 1: each variant at the lr with the lowest "
+                     f"final validation loss averaged over seeds at budget {budget:.3g}"
+                     + ("\n" + trial_table(later, lr_chosen_at=budget) if later else " (no larger budget: none)"))
+    if any(loop.loop_sampling != "fixed" for loop in spec.loops):
+        parts.append("note: a sampled loop count's depth_matched baseline has n_layers + (loop_end - loop_start) x "
+                     "(mean loops - 1) plain layers, rounded to the nearest layer (halves up); FLOPs/token is the "
+                     "mean over the run's steps")
+    return "\n\n".join(parts)

@@ -4,6 +4,11 @@ Everything that can fail on bad input (the file, the corpus, the tracking store)
 starts. Resuming is the default: when the sweep's Ray experiment folder exists, `Tuner.restore` continues it
 (finished trials are not re-run, unfinished ones restart from their last checkpoint) and the MLflow runs
 are found again by their tags.
+
+A sweep with `lr_ladder:` runs two Tune experiments under one MLflow parent run: the ladder (`<storage>/<name>`),
+then, with each variant's lr chosen from the ladder runs' final metrics as MLflow holds them, the larger budgets
+(`<storage>/<name>-stage2`). A resumed sweep restores the ladder, recomputes the same choice from the same runs,
+then restores stage 2.
 """
 
 import dataclasses
@@ -25,6 +30,7 @@ from . import tracking
 log = logging.getLogger(__name__)
 STATE_FILE = "loopmdm_sweep.json"  # in the Ray experiment folder: which sweep it holds
 CHECKPOINTS = "checkpoints"  # in the Ray experiment folder: one folder of core checkpoints per trial key
+STAGE2_SUFFIX = "-stage2"  # an lr_ladder sweep's larger budgets: a Tune experiment beside the ladder's
 
 
 @dataclass
@@ -47,6 +53,8 @@ def sweep_key(spec: specs.SweepSpec, trials: list[specs.TrialSpec], experiment_p
     ident = [spec.name, str(experiment_path), sorted(t.key for t in trials),
              [(k, p.__dict__) for k, p in spec.search.params] if spec.search else None,
              dataclasses.asdict(spec.infer) if spec.infer else None]
+    if spec.lr_ladder:  # appended only here: the keys of sweeps without a ladder stay what they were
+        ident.append(list(spec.lr_ladder.values))
     return hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:16]
 
 
@@ -92,16 +100,16 @@ def init_ray(address: str | None, dashboard: bool):
 def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | None = None,
         restart: bool = False, dashboard: bool = False, verbose: int = 1) -> SweepOutcome:
     start = time.monotonic()
-    trials = specs.expand(spec)
+    trials, later = specs.expand(spec), specs.later_trials(spec)  # later: lr_ladder's stage 2, lr stood in
     uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
     client = tracking.check_store(uri)
-    prepare_data(trials)
+    prepare_data(trials + later)
     init_ray(address, dashboard)
     check_cluster(spec.resources)
 
     storage = Path(spec.storage_path or "ray_results").expanduser().resolve()
     experiment_path = storage / spec.name
-    key = sweep_key(spec, trials, experiment_path)
+    key = sweep_key(spec, trials + later, experiment_path)
     state_path = experiment_path / STATE_FILE
     resume = not restart and state_path.exists()
     if resume and json.loads(state_path.read_text())["sweep_key"] != key:
@@ -109,26 +117,21 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
                           f"since it ran); pass --restart to start it over, or give the sweep a new name")
     if restart and experiment_path.exists():
         shutil.rmtree(experiment_path)
+    stage2_path = storage / (spec.name + STAGE2_SUFFIX)
+    if spec.lr_ladder and not resume and stage2_path.exists():  # the stage 2 of a ladder now started over
+        shutil.rmtree(stage2_path)
 
     exp_id = tracking.experiment_id(client, spec.name)
-    parent_params = {"sweep.name": spec.name, "sweep.trials": len(trials),
+    parent_params = {"sweep.name": spec.name, "sweep.trials": len(trials) + len(later),
                      "sweep.budgets": list(spec.budgets), "sweep.seeds": list(spec.seeds),
-                     "sweep.loops": [list(x) for x in spec.loops], "sweep.baselines": list(spec.baselines)}
+                     "sweep.loops": [loop.as_list() for loop in spec.loops], "sweep.baselines": list(spec.baselines)}
+    if spec.lr_ladder:
+        parent_params["sweep.lr_ladder"] = list(spec.lr_ladder.values)
     parent_id = tracking.open_parent_run(client, exp_id, key, parent_params, spec.source, fresh=not resume)
-    cpus = spec.resources.cpu
-    trial_dicts = []
-    for t in trials:
-        name = f"{t.label}-b{t.budget_flops:.3g}-s{t.seed}"
-        derived = {"derived.params": t.plan.params, "derived.flops_per_token": t.plan.flops_per_token,
-                   "derived.steps": t.plan.steps, "derived.applied_layers": t.config.model.applied_layers()}
-        # params and config.yaml show the resolved config (model.vocab_size filled in from the tokenizer)
-        run_id = None if spec.search else tracking.open_trial_run(client, exp_id, parent_id, t.key, name, t.tags,
-                                                                  t.plan.config.to_dict(), derived)
-        trial_dicts.append({"key": t.key, "name": name, "run_id": run_id, "config": t.config.to_dict(),
-                            "tracking_uri": uri, "experiment_id": exp_id, "parent_id": parent_id, "tags": t.tags,
-                            "derived": derived, "cpus": cpus, "workers": spec.resources.n_workers,
-                            "checkpoint_root": str(experiment_path / CHECKPOINTS),
-                            "infer": dataclasses.asdict(spec.infer) if spec.infer else None})
+    common = {"tracking_uri": uri, "experiment_id": exp_id, "parent_id": parent_id, "cpus": spec.resources.cpu,
+              "workers": spec.resources.n_workers, "checkpoint_root": str(experiment_path / CHECKPOINTS),
+              "infer": dataclasses.asdict(spec.infer) if spec.infer else None}
+    trial_dicts = [_trial_dict(client, t, common, open_run=not spec.search) for t in trials]
     experiment_path.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps({"sweep_key": key, "parent_run_id": parent_id,
                                       "tracking_uri": tracking.redact(uri)}))
@@ -140,7 +143,9 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
         if spec.search:
             tune_runner.run_search(spec, trial_dicts, storage, resume, verbose, outcome, client)
         else:
-            tune_runner.run_grid(spec, trial_dicts, storage, resume, verbose, outcome)
+            tune_runner.run_grid(spec, trial_dicts, experiment_path, resume, verbose, outcome)
+        if spec.lr_ladder:
+            trial_dicts += _stage2(spec, client, common, trials, stage2_path, key, verbose, outcome)
     except BaseException as e:  # even a crash of the driver leaves no run RUNNING
         crash = f"sweep driver stopped: {type(e).__name__}: {e}"
         raise
@@ -152,6 +157,73 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
                          None if outcome.ok and not crash else summary)
     outcome.seconds = time.monotonic() - start
     return outcome
+
+
+def _trial_dict(client, t: specs.TrialSpec, common: dict, open_run: bool) -> dict:
+    """What a Ray trial gets: the trial, its MLflow run (created SCHEDULED, or found again by its key) and
+    `common`, what every trial of the sweep shares. open_run=False: an Optuna cell, whose samples open their own."""
+    # params and config.yaml show the resolved config (model.vocab_size filled in from the tokenizer)
+    run_id = tracking.open_trial_run(client, common["experiment_id"], common["parent_id"], t.key, t.name, t.tags,
+                                     t.plan.config.to_dict(), t.derived) if open_run else None
+    return {**common, "key": t.key, "name": t.name, "run_id": run_id, "config": t.config.to_dict(),
+            "tags": t.tags, "derived": t.derived}
+
+
+def _stage2(spec: specs.SweepSpec, client, common: dict, ladder: list[specs.TrialSpec], path: Path, key: str,
+            verbose: int, outcome: SweepOutcome) -> list[dict]:
+    """After the ladder: each variant's lr chosen from what MLflow holds, recorded, then the larger budgets at
+    those lrs as a Tune experiment of their own (restored when it exists). Nothing while the ladder is
+    incomplete (a trial neither finished nor failed: interrupted; the same command resumes it)."""
+    runs = {r.data.tags.get("loopmdm.trial_key"): r
+            for r in tracking.child_runs(client, common["experiment_id"], common["parent_id"])}
+    finished = {t.key for t in ladder if t.key in runs and runs[t.key].info.status == "FINISHED"
+                and t.name not in outcome.failed}
+    waiting = [t.name for t in ladder if t.key not in finished and t.name not in outcome.failed]
+    if waiting:
+        log.warning(f"the lr ladder is not complete ({len(waiting)} trials not FINISHED in MLflow, e.g. {waiting[0]}): "
+                    f"its larger budgets wait for the same command to run again (after orchestrator/replay.py if "
+                    f"metrics were spooled)")
+        return []
+    choice = specs.choose_lrs([specs.LadderRun(t.label, t.lr, dict(runs[t.key].data.metrics) if t.key in finished
+                                               else None) for t in ladder])
+    _record_choice(client, common["parent_id"], ladder, runs, choice, specs.ladder_budget(spec))
+    for label in sorted({t.label for t in specs.later_trials(spec)} - set(choice.chosen)):
+        outcome.failed[f"{label} (larger budgets)"] = (f"no lr of the ladder finished every seed at budget "
+                                                       f"{specs.ladder_budget(spec):g}: not trained further")
+    trials = specs.later_trials(spec, choice.chosen)
+    if not trials:
+        return []
+    _claim_stage2(path, key, choice.chosen)
+    dicts = [_trial_dict(client, t, common, open_run=True) for t in trials]
+    from . import tune_runner
+    tune_runner.run_grid(spec, dicts, path, True, verbose, outcome)
+    return dicts
+
+
+def _record_choice(client, parent_id: str, ladder: list[specs.TrialSpec], runs: dict, choice: specs.LrChoice,
+                   budget: float):
+    """The choice on each ladder run (tag loopmdm.lr_ladder: chosen, else candidate) and on the parent run (tag
+    loopmdm.lr_choice, artifact lr_ladder.json with every seed-mean loss). Idempotent: a resume sets the same."""
+    for t in ladder:
+        if t.key in runs:
+            client.set_tag(runs[t.key].info.run_id, specs.LADDER_TAG,
+                           "chosen" if choice.chosen.get(t.label) == t.lr else "candidate")
+    client.set_tag(parent_id, specs.LR_CHOICE_TAG, json.dumps(choice.chosen, sort_keys=True, separators=(",", ":")))
+    report = {"budget_flops": budget, "seeds": sorted({t.seed for t in ladder}), **choice.as_dict()}
+    client.log_text(parent_id, json.dumps(report, indent=2), "lr_ladder.json")
+
+
+def _claim_stage2(path: Path, key: str, chosen: dict):
+    """Stage 2's folder records the choice it runs: Tune cannot restore an experiment whose trials changed, and
+    the choice can change only if a ladder trial that had failed finished when the sweep was resumed."""
+    state = {"sweep_key": key, "lr_choice": chosen}
+    state_path = path / STATE_FILE
+    if state_path.exists() and json.loads(state_path.read_text()) != state:
+        raise ConfigError(f"{path} holds stage 2 of this sweep run with another lr choice "
+                          f"({json.loads(state_path.read_text()).get('lr_choice')}; now {chosen}): a ladder trial "
+                          f"that had failed finished on resume; pass --restart to run the sweep again")
+    path.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(state))
 
 
 def _reconcile(client, exp_id: str, parent_id: str, trial_dicts: list[dict], outcome: SweepOutcome):

@@ -71,11 +71,12 @@ def run_trial(space: dict):
     searched = space.get("search") or {}
     client = tracking.check_store(trial["tracking_uri"])
     if searched:  # a sampled config is a new trial: its own key and run
-        from .spec import trial_key
+        from .spec import LR_TAG, trial_key
         cfg = load_run_config(apply_overrides(config, [f"{k}={v}" for k, v in searched.items()]))
         config = cfg.to_dict()
         key = trial_key(cfg)
-        tags = {**trial["tags"], "loopmdm.trial_key": key, "loopmdm.search_cell": trial["key"]}
+        tags = {**trial["tags"], "loopmdm.trial_key": key, "loopmdm.search_cell": trial["key"],
+                LR_TAG: str(cfg.train.lr)}  # Optuna may have sampled the lr
         run_id = tracking.open_trial_run(client, trial["experiment_id"], trial["parent_id"], key,
                                          f"{trial['name']}-{key[:6]}", tags, plan(cfg).config.to_dict(),
                                          trial["derived"])

@@ -46,12 +46,14 @@ def _fit(spec, trainable, param_space, path: Path, resume: bool, tune_config, ru
     return tuner.fit()
 
 
-def run_grid(spec, trial_dicts: list[dict], storage: Path, resume: bool, verbose: int, outcome):
+def run_grid(spec, trial_dicts: list[dict], path: Path, resume: bool, verbose: int, outcome):
+    """Every trial once, as one Tune experiment in folder `path` (<storage>/<name>; an lr ladder's stage 2 has
+    its own)."""
     tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
                                   trial_name_creator=_trial_name,
                                   trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
-    results = _fit(spec, _trainable(spec), {"trial": tune.grid_search(trial_dicts)}, storage / spec.name, resume,
-                   tune_config, _run_config(spec, storage, spec.name, verbose))
+    results = _fit(spec, _trainable(spec), {"trial": tune.grid_search(trial_dicts)}, path, resume,
+                   tune_config, _run_config(spec, path.parent, path.name, verbose))
     _collect(results, outcome)
 
 

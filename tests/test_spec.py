@@ -57,7 +57,46 @@ def test_trial_key_is_stable_and_tags_complete():
     a, b = specs.expand(sweep()), specs.expand(sweep())
     assert [t.key for t in a] == [t.key for t in b]
     assert set(a[0].tags) == {"loopmdm.role", "loopmdm.variant", "loopmdm.label", "loopmdm.group", "loopmdm.seed",
-                              "loopmdm.budget_flops", "loopmdm.trial_key"}
+                              "loopmdm.budget_flops", "loopmdm.trial_key", "loopmdm.lr"}
+    assert a[0].tags["loopmdm.lr"] == str(a[0].config.train.lr)
+    assert a[0].name == "loop[1,3)x2-b1e+12-s0"  # no lr in the names of a sweep without an lr ladder
+
+
+def test_sampled_loop_beside_fixed_one():
+    trials = specs.expand(sweep(loops=[{"loop_start": 1, "loop_end": 3, "n_loops": 2},
+                                       {"loop_start": 1, "loop_end": 3, "n_loops": 2, "loop_sampling": "uniform:1:4"},
+                                       {"loop_start": 1, "loop_end": 3, "n_loops": 2,
+                                        "loop_sampling": "poisson_lognormal:2.25:0.5", "loop_backprop": 2}],
+                                budgets=[1e12], seeds=[0]))
+    by_label = {t.label: t for t in trials}
+    # one same_size serves all three; depth: 4 + 2 x (mean - 1) layers, rounded half up (2.5 -> 7, 2.25 -> 6.5 -> 7)
+    assert list(by_label) == ["loop[1,3)x2", "same_size(4L)", "depth_matched(6L)", "loop[1,3)x2~uniform:1:4",
+                              "depth_matched(7L)", "loop[1,3)x2~poisson_lognormal:2.25:0.5/bp2"]
+    fixed, uniform = by_label["loop[1,3)x2"], by_label["loop[1,3)x2~uniform:1:4"]
+    truncated = by_label["loop[1,3)x2~poisson_lognormal:2.25:0.5/bp2"]
+    assert {t.variant for t in (fixed, uniform, truncated)} == {"loop"}
+    assert (uniform.config.train.loop_sampling, uniform.config.train.loop_backprop) == ("uniform:1:4", 0)
+    assert (truncated.config.train.loop_sampling, truncated.config.train.loop_backprop) == \
+        ("poisson_lognormal:2.25:0.5", 2)
+    assert uniform.config.model == fixed.config.model and uniform.config.model.n_loops == 2  # n_loops: the user's
+    for t in trials:
+        if t.variant != "loop":
+            assert (t.config.train.loop_sampling, t.config.train.loop_backprop) == ("fixed", 0)
+    assert (uniform.applied_layers, uniform.mean_loops) == (7, 2.5)
+    assert (truncated.applied_layers, truncated.mean_loops) == (7, 2.25)
+    assert (fixed.applied_layers, fixed.mean_loops) == (6, 2.0)
+    assert by_label["depth_matched(7L)"].config.model.n_layers == 7
+    assert uniform.derived["derived.applied_layers"] == 7 and uniform.derived["derived.mean_loops"] == 2.5
+    assert uniform.derived["derived.flops_per_token"] == uniform.plan.flops_per_token  # the mean over its steps
+    assert uniform.plan.flops_per_token > fixed.plan.flops_per_token  # 2.5 loops on average against 2
+
+
+def test_loop_sampling_grid_axis():
+    trials = specs.expand(sweep(loops={"loop_start": [1], "loop_end": [3], "n_loops": [2],
+                                       "loop_sampling": ["fixed", "uniform:1:3"], "loop_backprop": [0, 1]},
+                                baselines=["same_size"], budgets=[1e12], seeds=[0]))
+    assert [t.label for t in trials] == ["loop[1,3)x2", "same_size(4L)", "loop[1,3)x2/bp1", "loop[1,3)x2~uniform:1:3",
+                                         "loop[1,3)x2~uniform:1:3/bp1"]
 
 
 BAD = [
@@ -72,6 +111,20 @@ BAD = [
     ({"loops": {"loop_start": [1], "loop_end": [3]}}, "loops: missing n_loops"),
     ({"loops": {"loop_start": [1], "loop_end": [3], "n_loops": []}}, "loops.n_loops: empty list"),
     ({"loops": [{"loop_start": 1, "loop_end": 3, "n_loops": 2, "depth": 1}]}, "loops[0].depth: unknown key"),
+    ({"loops": [{"loop_start": 1, "loop_end": 3, "n_loops": 2},
+                {"loop_start": 1, "loop_end": 3, "n_loops": 2, "loop_sampling": "gauss:2"}]},
+     "loops[1].loop_sampling: 'gauss:2' is not one of fixed, uniform:LO:HI"),
+    ({"loops": {"loop_start": [1], "loop_end": [3], "n_loops": [2], "loop_sampling": ["fixed", "uniform:3:1"]}},
+     "loops.loop_sampling[1]: 'uniform:3:1' is not one of"),
+    ({"loops": {"loop_start": [1], "loop_end": [3], "n_loops": [2], "loop_sampling": 3}},
+     "loops.loop_sampling: expected a sampler"),
+    ({"loops": [{"loop_start": 1, "loop_end": 3, "n_loops": 2, "loop_backprop": -1}]},
+     "loops[0].loop_backprop: must be >= 0"),
+    ({"base": {**BASE, "train": {"loop_sampling": "uniform:1:3"}}},
+     "base.train.loop_sampling: set by the sweep's loops:, not by base; remove it (per looped variant"),
+    ({"base": {**BASE, "train": {"loop_backprop": 2}}}, "base.train.loop_backprop: set by the sweep's loops:"),
+    ({"base": {**BASE, "train": {"budget_flops": 1e12}}}, "base.train.budget_flops: set by the sweep's budgets:"),
+    ({"base": {**BASE, "train": {"seed": 3}}}, "base.train.seed: set by the sweep's seeds:"),
     ({"loops": None}, "loops: missing"),
     ({"baselines": ["same_size", "bigger"]}, "baselines[1]: 'bigger' is not one of"),
     ({"budgets": []}, "budgets: missing"),
@@ -119,11 +172,14 @@ def test_shipped_sweeps_are_valid():
 def test_dry_run_prints_the_table_and_starts_nothing(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "dry", "base": BASE, "loops": {"loop_start": [1], "loop_end": [3],
-                                    "n_loops": [2]}, "budgets": [1e12], "seeds": [0]}))
+                                    "n_loops": [2], "loop_sampling": ["fixed", "uniform:1:4"]}, "budgets": [1e12],
+                                    "seeds": [0]}))
     out = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), str(path), "--dry-run"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "3 trials" in out.stdout and "depth_matched(6L)" in out.stdout and "FLOPs/token" in out.stdout
+    assert "5 trials" in out.stdout and "depth_matched(6L)" in out.stdout and "FLOPs/token" in out.stdout
+    assert "depth_matched(7L)" in out.stdout and "uniform:1:4 (mean 2.5)" in out.stdout and "sampler" in out.stdout
+    assert "rounded to the nearest layer (halves up)" in out.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nbase: {model: {n_layers: 2}}\nloops: {loop_start: [1], loop_end: [3], n_loops: [2]}\n"
