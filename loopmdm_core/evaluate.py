@@ -61,8 +61,12 @@ def task_eval(model, data, cfg, test: str, n_problems: int, answer_tokens: int, 
     fill_to = cfg.data.seq_len if cfg.data.task and cfg.data.task_format == "prompted" else 0
     rows = []
     for spec in schedule_specs or default_schedules(cfg.model.n_loops):
+        schedule = schedules.parse(spec)
+        # fixed and per-step loop counts give each row the answer it gets alone: batch them; adaptive ones decide
+        # from the whole batch (its confidence, its convergence), so they score one problem at a time
+        batch = 256 if isinstance(schedule, (schedules.Fixed, schedules.ByStep)) else 1
         out = task_accuracy(model, data.tokenizer, problems, data.mask_id, answer_tokens, n_steps,
-                            schedule=schedules.parse(spec), fill_to=fill_to)
+                            schedule=schedule, fill_to=fill_to, batch_size=batch)
         rows.append({"schedule": spec, "accuracy": out["accuracy"], "problems": out["problems"],
                      "forward_flops_per_problem": out["forward_flops"] / out["problems"]})
     return rows

@@ -126,13 +126,24 @@ def phop(n: int, split: str, hops: int = 4, seed: int = 0, length: int = PHOP_LE
     `alphabet` letters, then '=', answered by the letter `hops` hops back (phop_answer). Strings where a hop
     finds no earlier occurrence are redrawn. Each hop is one more induction step, so solving more hops takes
     more layers (or loops); the answer is a single letter, chance is 1/alphabet.
-    With bpe_vocab_size 257 (bytes only) every letter is one token. Split by a hash, like arithmetic."""
+    With bpe_vocab_size 257 (bytes only) every letter is one token. Split by a hash, like arithmetic.
+
+    Calibrated on one H200 (benchmarks/phop_calibration.py, benchmarks/results/phop_calibration_h200*.json):
+    held-out accuracy of greedy answers, width 128, batch 256, lr 1e-3, 1e14 training FLOPs (about 1 GPU-minute
+    per run, 8 runs sharing the card):
+        phop:2:16:4   2 layers 0.641   loop [0,2) x 3 0.633   4 layers 0.992   6 layers 0.697
+        phop:3:16:4   2 layers 0.648   loop [0,2) x 3 0.615   4 layers 0.963   6 layers 0.865
+    At 2e15 with width 256, phop:4:48:4 and phop:8:48:4 stayed at 0.44-0.52 for 2, 4 and 6 layers alike: too
+    hard to learn at that budget. Two layers stall at a partial solution (0.64-0.71, well above chance 0.25,
+    on every seed); learning the hops breaks through late and abruptly (4 layers: 0.66 at half the budget,
+    0.975 at three quarters), and deeper models take more steps to get there, so at equal FLOPs the 6-layer
+    and 6-application runs had not yet. sweeps/positive_control.yaml: phop:2:16:4 at 2e14 (results/)."""
     rng = random.Random(seed)
     letters = LETTERS[:alphabet]
 
     def draw() -> Problem:
         while True:
-            seq = "".join(rng.choice(letters) for _ in range(length))
+            seq = "".join(rng.choices(letters, k=length))
             answer = phop_answer(seq, hops)
             if answer is not None:
                 return Problem(seq + "=", answer)
