@@ -155,9 +155,14 @@ def load_model(root: str | Path, device="cpu"):
     Returns (model in eval mode, the run's config as a dict)."""
     from .config import load_run_config
     from .model import LoopMDM
+    if not Path(root).is_dir():
+        run = Path(root).parent if Path(root).name == "checkpoints" else Path(root)
+        raise CheckpointError(f"{run}: no such run folder; give the --out folder of a `train` run"
+                              if not run.is_dir() else
+                              f"{root}: no such folder; give the --out folder of a `train` run")
     ckpt = latest(root)
     if ckpt is None:
-        raise CheckpointError(f"{root}: no checkpoint here")
+        raise CheckpointError(f"{root}: no checkpoint here (the run has not reached its first checkpoint)")
     cfg = load_run_config(ckpt.state["config"])
     model = LoopMDM(cfg.model)
     restore(ckpt, model)

@@ -20,7 +20,10 @@ from .errors import LoopMDMError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loopmdm_core", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loopmdm_core", description=(
+        "Train one LoopMDM run on its FLOPs budget (train), generate from a trained run (sample), or score it at "
+        "each inference loop count (loops). No Ray, no MLflow: metrics go to <out>/metrics.jsonl; the same "
+        "command with the same --out resumes."))
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one run on its FLOPs budget")
     t.add_argument("--config", help="run config YAML (default: the built-in tiny config, configs/default.yaml)")
@@ -35,14 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("run", help="a run folder of `train` (its checkpoints/ are read)")
     g.add_argument("--prompt", default="", help="text the samples start with (never masked)")
     g.add_argument("--length", type=int, help="tokens per sample, prompt included (default: the run's seq_len)")
-    g.add_argument("-n", "--num-samples", type=int, default=2)
-    g.add_argument("--steps", type=int, default=64, help="denoising steps")
-    g.add_argument("--method", choices=("ancestral", "confidence"), default="ancestral")
+    g.add_argument("-n", "--num-samples", type=int, default=2, help="how many samples to generate (default: 2)")
+    g.add_argument("--steps", type=int, default=64, help="denoising steps: at most one network call each (default: 64)")
+    g.add_argument("--method", choices=("ancestral", "confidence"), default="ancestral",
+                   help="ancestral: reveal each masked token with probability 1 - s/t (MDLM); confidence: reveal "
+                        "the most confident tokens first (LLaDA) (default: ancestral)")
     g.add_argument("--block-size", type=int, help="semi-autoregressive blocks of this many tokens")
-    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature of each draw; 0 is greedy (default: 1.0)")
     g.add_argument("--schedule", help="loops per step: fixed:K, ramp:A:B, table:..., confidence:LOW:HIGH:THR, "
                                       "convergence:TOL:MIN:MAX (default: the trained n_loops)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seeds the sampler's draws: the same seed gives the same "
+                                                       "samples (default: 0)")
 
     s = sub.add_parser("loops", help="validation loss of a trained run at each inference loop count")
     s.add_argument("run", help="a run folder of `train`")

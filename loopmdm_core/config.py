@@ -47,6 +47,8 @@ class DataConfig:
             p.append(f"data.seq_len: must be >= 2, got {self.seq_len}")
         if self.corpus == "none" and not self.task:
             p.append("data.corpus: none needs data.task (e.g. arithmetic) to train on")
+        from .corpus import spec_problems
+        p.extend(spec_problems(self.corpus))
         if self.task:
             from .errors import DataError
             from .tasks import parse_spec
@@ -87,7 +89,8 @@ class TrainConfig:
     loop_backprop: int = 0  # backpropagate through the last K passes of the loop only; 0: all passes
     log_every: int = 10  # steps between train-loss/throughput metrics
     checkpoint_every: int = 0  # steps between checkpoints; 0: at every evaluation
-    peak_flops: float = 0.0  # FLOP/s for MFU; 0: the card's datasheet bf16 peak, else a measured matmul peak
+    peak_flops: float = 0.0  # FLOP/s for MFU; 0: the card's datasheet bf16 peak (measured on unknown CUDA cards;
+    # on a CPU none is known and perf/mfu is not logged). MFU above 1 is never logged: the peak would be wrong
 
     def problems(self) -> list[str]:
         p = []

@@ -92,6 +92,24 @@ def with_task(corpus: Corpus | None, task: str, n_problems: int, prompted: bool 
     return Corpus(name, fingerprint, mixed)
 
 
+def spec_problems(spec: str) -> list[str]:
+    """What is wrong with data.corpus that can be told without reading it (a missing file, an unknown built-in
+    name, a file of another kind): checked by config validation, so a dry run catches it too."""
+    if spec == "none" or spec.startswith("hf:"):
+        return []
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        return [] if name in BUILTIN else [f"data.corpus: unknown built-in corpus {name!r}; built-in: "
+                                           f"{', '.join('builtin:' + k for k in BUILTIN)}"]
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return [f"data.corpus: {spec} does not exist; give a .txt/.jsonl/.parquet file or folder, "
+                f"builtin:shakespeare, or hf:NAME"]
+    if path.is_file() and path.suffix not in SUFFIXES:
+        return [f"data.corpus: {spec}: need files ending in {', '.join(SUFFIXES)}"]
+    return []
+
+
 def load_corpus(spec: str, text_field: str = "text", task: str = "", task_problems: int = 0,
                 task_prompted: bool = False) -> Corpus:
     """Load the documents named by `spec` (data.corpus), with `task`'s problems mixed in when given."""

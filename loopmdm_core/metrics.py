@@ -11,7 +11,7 @@ FLOPS = "flops"  # cumulative training FLOPs (flops.py), logged with every loss 
 TOKENS = "tokens"  # cumulative training tokens
 LR = "lr"
 TOKENS_PER_S = "perf/tokens_per_s"
-MFU = "perf/mfu"
+MFU = "perf/mfu"  # model FLOPs per second / the peak (train.peak_flops); never above 1 (then not logged)
 TRAIN_SECONDS = "perf/train_seconds"  # cumulative wall time spent in training steps (no eval, no set-up)
 TRAIN_LOOPS = "train/n_loops"  # sampled loop counts (train.loop_sampling): their mean since the last log
 

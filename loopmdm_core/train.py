@@ -188,7 +188,7 @@ def autocast_for(device: torch.device, dtype: str):
 
 def measured_peak(device: torch.device, trials: int = 1, reps: int = 4) -> float:
     """A matmul ceiling measured on the spot (FLOP/s) in the training dtype, best of `trials` timings of `reps`
-    products: for MFU where no datasheet peak is known (CPUs; cheap by default, it runs at every run's start)."""
+    products: for MFU on CUDA cards with no datasheet peak, and for benchmarks/throughput.py."""
     n = 1024 if device.type == "cpu" else 8192
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -206,14 +206,15 @@ def measured_peak(device: torch.device, trials: int = 1, reps: int = 4) -> float
     return best
 
 
-def peak_flops(cfg_peak: float, device: torch.device) -> float:
+def peak_flops(cfg_peak: float, device: torch.device) -> float | None:
+    """The FLOP/s that MFU divides by: train.peak_flops, else the card's datasheet bf16 peak, else one measured
+    on an unknown CUDA card. None on a CPU: a matmul timed there undercounts what the training step's kernels
+    reach (a run's metrics read MFU 1.59 against one), so no honest peak is known and MFU is not logged."""
     if cfg_peak:
         return cfg_peak
-    if device.type == "cuda":
-        known = flops.known_peak(torch.cuda.get_device_name(device))
-        if known:
-            return known
-    return measured_peak(device)
+    if device.type != "cuda":
+        return None
+    return flops.known_peak(torch.cuda.get_device_name(device)) or measured_peak(device)
 
 
 def build_optimizer(model: LoopMDM, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
@@ -351,6 +352,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
     evals, ckpts = set(run.eval_steps), set(run.checkpoint_steps)
     loss_acc = torch.zeros((), device=device)  # summed on the device: no host sync per step
     window_start, window_steps, session_seconds = time.perf_counter(), 0, 0.0
+    mfu_warned = False
     val_loss = math.nan
     model.train()
     for step in range(start, run.steps):
@@ -379,7 +381,13 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
             values[metrics.TRAIN_LOSS] = train_loss
             values[metrics.TOKENS_PER_S] = window_steps * run.tokens_per_step / elapsed
             window_flops = run.flops_after(done) - run.flops_after(done - window_steps)
-            values[metrics.MFU] = window_flops / elapsed / (peak * world)
+            mfu = window_flops / elapsed / (peak * world) if peak else None
+            if mfu is not None and mfu <= 1:
+                values[metrics.MFU] = mfu
+            elif mfu is not None and not mfu_warned:  # a peak below what the run achieves is not a peak
+                log.warning("not logging perf/mfu: %.2f > 1 against a peak of %.3g FLOP/s; set train.peak_flops "
+                            "to this device's real peak", mfu, peak)
+                mfu_warned = True
             values[metrics.TRAIN_SECONDS] = train_seconds
             if run.loops:  # the mean loop count drawn since the last log
                 values[metrics.TRAIN_LOOPS] = sum(run.loops[done - window_steps:done]) / window_steps

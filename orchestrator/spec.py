@@ -11,6 +11,7 @@ in the ladder (`choose_lrs`). `expand` gives the ladder, `later_trials` the rest
 """
 
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
@@ -159,6 +160,8 @@ class SweepSpec:
     infer: Infer | None = None  # absent: no evaluation after training
     source: str = ""  # the YAML text, logged as an artifact
 
+
+SWEEP_KEYS = [f.name for f in dataclasses.fields(SweepSpec) if f.name != "source"]  # what a sweep file may hold
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -369,6 +372,21 @@ def _base_without_swept(base_raw, problems: list[str], ladder: bool):
     return {**base_raw, **sections}
 
 
+def _top_level(data: dict, problems: list[str]) -> tuple[SweepSpec, set[str]]:
+    """The sweep's top-level keys, each parsed on its own: one bad or misspelled key is reported alone and the
+    others still count (a typo in `seed:` must not also report `name` and `budgets` as missing). Returns the
+    spec and the valid names that misspelled keys were taken for (their 'missing' would repeat the typo)."""
+    kept, misspelled = {}, set()
+    for key, value in data.items():
+        try:
+            kept[key] = getattr(from_dict(SweepSpec, {key: value}, ""), key)
+        except ConfigError as e:
+            problems.extend(e.problems)
+            if key not in SWEEP_KEYS:
+                misspelled.update(difflib.get_close_matches(str(key), SWEEP_KEYS, n=1))
+    return dataclasses.replace(SweepSpec(), **kept), misspelled
+
+
 def parse(data: dict, source: str = "") -> SweepSpec:
     """Validate a sweep mapping; ConfigError lists every problem, each with its YAML path."""
     problems: list[str] = []
@@ -388,11 +406,7 @@ def parse(data: dict, source: str = "") -> SweepSpec:
     search = _parse_search(search_raw, problems)
     if search and ladder:
         problems.append("lr_ladder: cannot be combined with search: (both tune the learning rate); keep one")
-    try:
-        spec = from_dict(SweepSpec, {k: v for k, v in data.items() if k != "source"}, "")
-    except ConfigError as e:
-        problems.extend(e.problems)
-        spec = SweepSpec()
+    spec, misspelled = _top_level({k: v for k, v in data.items() if k != "source"}, problems)
     if "source" in data:
         problems.append("source: unknown key")
     base = RunConfig()
@@ -406,9 +420,9 @@ def parse(data: dict, source: str = "") -> SweepSpec:
             problems.extend(e.problems)
         else:
             problems.extend(f"base.{p}" for p in base.problems())
-    if not spec.name:
+    if not spec.name and "name" not in misspelled:
         problems.append("name: missing; the sweep's name is its MLflow experiment")
-    if not spec.budgets:
+    if not spec.budgets and "budgets" not in misspelled:
         problems.append("budgets: missing; give at least one training budget in FLOPs, e.g. [5.0e12, 1.0e13]")
     for i, b in enumerate(spec.budgets):
         if not b > 0:
