@@ -124,8 +124,8 @@ CLI_CASES = [
     (["train", "--set", "data.task=arithmetic:0"], "data.task"),
     (["train", "--set", "train.device=cuda:7"], "train.device"),
     (["train", "--config", "/no/such/config.yaml"], "config file not found"),
-    (["sample", "/no/such/run"], "no checkpoint"),
-    (["loops", "/no/such/run"], "no checkpoint"),
+    (["sample", "/no/such/run"], "no such run folder"),
+    (["loops", "/no/such/run"], "no such run folder"),
 ]
 
 
