@@ -69,4 +69,4 @@ def test_sample_and_loops_on_a_trained_run(tiny_config, tmp_path):
     rows = [line.split() for line in out.stdout.splitlines()[1:]]
     assert [r[0] for r in rows] == ["1", "2", "3"] and rows[1][-1] == "(trained)"
     bad = cli("sample", str(tmp_path / "nowhere"))
-    assert bad.returncode == 2 and "no checkpoint here" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "no such run folder" in bad.stderr and "Traceback" not in bad.stderr

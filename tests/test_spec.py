@@ -192,6 +192,8 @@ def test_dry_run_prints_the_table_and_starts_nothing(tmp_path):
 
 def test_local_paths_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "my.jsonl").write_text('{"text": "a"}\n')  # the corpus must exist to validate
     spec = sweep(base={**BASE, "data": {"corpus": "corpus/my.jsonl", "cache_dir": "cache"}})
     assert spec.base.data.corpus == str(tmp_path / "corpus" / "my.jsonl")
     assert spec.base.data.cache_dir == str(tmp_path / "cache")
