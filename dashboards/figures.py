@@ -1,7 +1,16 @@
-"""Report figures (matplotlib, Agg): loss and accuracy vs FLOPs per budget, speedup bars, final loss vs loops.
-PNG files."""
+"""Report figures (matplotlib, Agg): loss and accuracy vs FLOPs, speedup bars, final loss vs loops, inference loop
+scaling, attention shares and task accuracy vs inference compute; one panel per training budget.
 
+Each figure is built by a `*_figure` function that returns the matplotlib Figure (the tests read its axes) and
+written by the function of the same name without the suffix. Every variant keeps one colour, dash and marker in
+every figure: style(label, labels). Tick labels are plain numbers (no ×10^ mathtext), legends sit below the axes,
+never over the data. A variant's lines carry its label as their gid (bands: "<label> band"), for the tests.
+"""
+
+import math
+import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -9,92 +18,242 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from loopmdm_core import metrics  # noqa: E402
 from orchestrator import isoflops as iso  # noqa: E402
 from orchestrator.comparison import BASELINES, Comparison, trial_curve  # noqa: E402
 from orchestrator.sweep_data import SweepData  # noqa: E402
 
-COLORS = {"loop": "tab:blue", "same_size": "tab:gray", "depth_matched": "tab:orange"}
 SERIES = {"same_size": "vs same-size", "depth_matched": "vs depth-matched"}
 Y_LABELS = {metrics.VAL_LOSS: "validation loss (nats/token, ELBO)",
             metrics.VAL_ANSWER_LOSS: "answer loss (nats per answer token, ELBO)"}
-STYLES = ["-", "--", ":", "-."]
+# Colour families: same-size grey, depth-matched oranges, looped configs blues, greens and purples. Within a family
+# the colours go to the sweep's labels in sorted order (style()).
+PALETTES = {
+    "same_size": ("#7f7f7f", "#3f3f3f", "#b5b5b5"),
+    "depth_matched": ("#ff7f0e", "#a6540a", "#fdb863", "#d95f02", "#7f3b08"),
+    "loop": ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#08306b", "#74c476", "#e377c2", "#00441b"),
+}
+MARKERS = {"same_size": "s", "depth_matched": "^", "loop": "o"}
+COLORS = {family: palette[0] for family, palette in PALETTES.items()}  # a baseline series (speedup bars)
+_LOOP = re.compile(r"loop\[(\d+),(\d+)\)x(\d+)(.*)")
+_DEPTH = re.compile(r".*\((\d+)L\)")
+MAX_X_LABELS = 12  # layer-application labels per panel (6 inches wide, rotated 45 degrees); more are thinned
 
 
-def _finish(fig, ax, path: Path, **labels) -> Path:
-    """Axis labels and title, a light grid and a small legend, then save: the common end of every figure."""
-    ax.set(**labels)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+@dataclass(frozen=True)
+class Style:
+    color: str
+    linestyle: str
+    marker: str
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def family(label: str) -> str:
+    """'same_size', 'depth_matched' or 'loop' (every other label) from a trial label."""
+    for name in ("same_size", "depth_matched"):
+        if label.startswith(name):
+            return name
+    return "loop"
+
+
+def _order(label: str) -> tuple:
+    """Sort key within a family: loop range, loop count, then the rest (fixed before sampled); baselines by
+    depth."""
+    m = _LOOP.fullmatch(label)
+    if m:
+        return int(m[1]), int(m[2]), int(m[3]), m[4], label
+    d = _DEPTH.fullmatch(label)
+    return int(d[1]) if d else 1 << 30, 0, 0, "", label
+
+
+def sort_key(label: str) -> tuple:
+    """Figures list variants as the tables do: looped configs, then same-size, then depth-matched."""
+    return ("loop", "same_size", "depth_matched").index(family(label)), _order(label)
+
+
+def style(label: str, labels=()) -> Style:
+    """The colour, dash and marker of a variant in every figure of a report. Same-size is grey, depth-matched
+    orange, looped configs blue, green, purple and so on; sampled loop counts (`~` in the label) are dashed,
+    truncated backprop (`/bp`) dash-dotted. `labels`: all the sweep's labels (sweep_labels()); within a family the
+    colours follow their sorted order, so two variants of one sweep share a colour only past the palette's size,
+    and a label has the same style in every figure built from the same sweep."""
+    kind = family(label)
+    members = sorted({x for x in labels if family(x) == kind} | {label}, key=_order)
+    palette = PALETTES[kind]
+    dash = "--" if "~" in label else "-." if "/bp" in label else "-"
+    return Style(palette[members.index(label) % len(palette)], dash, MARKERS[kind])
+
+
+def sweep_labels(source) -> tuple[str, ...]:
+    """Every variant label of a sweep, from its SweepData (the compared trials) or its Comparison (the same
+    set: one row per label and budget)."""
+    if isinstance(source, SweepData):
+        return tuple(sorted({t.label for t in source.compared}))
+    c = source
+    found = {r.label for r in c.rows} | {r.label for r in c.accuracy}
+    found |= {r["label"] for r in [*c.loop_scaling, *c.attention, *c.task]}
+    return tuple(sorted(found))
+
+
+def plain(x: float) -> str:
+    """A tick value in plain decimals, never in ×10^ notation: 0.0001, 0.25, 5.3, 12."""
+    return "0" if x == 0 else np.format_float_positional(float(x), precision=4, unique=True, fractional=False,
+                                                         trim="-")
+
+
+def flops_text(x: float) -> str:
+    """A FLOPs tick value, compact: 2e14, 3e13, 1.5e12."""
+    if x <= 0:
+        return "0"
+    e = math.floor(math.log10(x) + 1e-9)
+    return f"{x / 10 ** e:.2g}e{e}"
+
+
+def _log_ticks(ax, which: str, fmt) -> None:
+    """Ticks of a log axis ('x' or 'y') labelled by `fmt`, minor ones unlabelled: decades, else 1-2-5 or 1-2-3-5
+    or every digit times a decade, the first of these with at least 3 ticks in view; under that, evenly spaced plain
+    values (a narrow range holds no such value to label). Call it once the data is drawn: it reads the limits."""
+    lo, hi = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    ticks = []
+    if lo > 0:
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        for subs in ((1,), (1, 2, 5), (1, 2, 3, 5), tuple(range(1, 10))):
+            ticks = [s * 10.0 ** e for e in decades for s in subs if lo <= s * 10.0 ** e <= hi]
+            if len(ticks) >= 3:
+                break
+    if len(ticks) < 3:
+        ticks = [v for v in MaxNLocator(nbins=5).tick_values(lo, hi) if lo <= v <= hi and v > 0]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10))))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _panels(n: int, width: float = 5.5, height: float = 4.2, **kw):
+    """A row of `n` panels in a constrained layout (room for a legend below them all)."""
+    return plt.subplots(1, n, figsize=(width * n, height), squeeze=False, layout="constrained", **kw)
+
+
+def _legend_below(fig: Figure, entries: dict) -> None:
+    """One legend for the whole figure, below every panel: `entries` label -> handle."""
+    if not entries:
+        return
+    column = 0.7 + 0.055 * max(len(label) for label in entries)  # inches: the handle and the longest label
+    ncol = max(1, min(len(entries), int(fig.get_figwidth() // column)))
+    fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=ncol, fontsize=8,
+               frameon=False)
+
+
+def _handle(s: Style, marker: bool = False) -> Line2D:
+    return Line2D([], [], color=s.color, linestyle=s.linestyle, marker=s.marker if marker else None)
+
+
+def _seeds(counts: set[int]) -> str:
+    lo, hi = min(counts), max(counts)
+    n = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"{n} seed{'' if hi == 1 else 's'}"
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def loss_vs_flops(data: SweepData, metric: str, path: Path) -> Path:
+def _seed_band(curves: list[tuple[np.ndarray, np.ndarray]]):
+    """(grid, mean, low, high) of per-seed curves (FLOPs, value) on the FLOPs range all seeds span: every seed's
+    evaluation points in it, each seed interpolated linearly in log FLOPs (seeds of a sampled loop count evaluate
+    at different FLOPs). None when the seeds share no range."""
+    lo, hi = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
+    if hi < lo:
+        return None
+    grid = np.unique(np.concatenate([x[(x >= lo) & (x <= hi)] for x, _ in curves]))
+    ys = np.array([np.interp(np.log(grid), np.log(x), y) for x, y in curves])
+    return grid, ys.mean(0), ys.min(0), ys.max(0)
+
+
+def _budgets(values) -> list[float]:
+    return sorted(set(values))
+
+
+def loss_vs_flops_figure(data: SweepData, metric: str) -> Figure:
     """One panel per budget: each variant's seed-mean envelope of the compared loss (`metric`), with a band from
     the best to the worst seed; the trials the comparisons use (no LR-ladder candidates)."""
-    budgets = sorted({t.budget for t in data.compared})
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.2), squeeze=False)
+    labels = sweep_labels(data)
+    budgets = _budgets(t.budget for t in data.compared)
+    fig, axes = _panels(len(budgets))
+    entries, seeds = {}, defaultdict(set)
     for ax, budget in zip(axes[0], budgets):
         by_label = defaultdict(list)
         for t in data.compared:
             if t.budget == budget:
-                by_label[(t.variant, t.label)].append(iso.envelope(trial_curve(t, metric)))
-        seen = defaultdict(int)  # lines per variant so far: each gets its own dash style
-        for (variant, label), curves in sorted(by_label.items()):
-            lo = max(c.flops[0] for c in curves)
-            hi = min(c.flops[-1] for c in curves)
+                by_label[t.label].append(iso.envelope(trial_curve(t, metric)))
+        for label in sorted(by_label, key=sort_key):
+            curves, s = by_label[label], style(label, labels)
+            lo, hi = max(c.flops[0] for c in curves), min(c.flops[-1] for c in curves)
             grid = np.geomspace(lo, hi, 50) if hi > lo else np.array([lo])
             ys = np.array([[iso.loss_at(c, x) for x in grid] for c in curves], dtype=float)
-            style = STYLES[seen[variant] % len(STYLES)]
-            seen[variant] += 1
-            ax.plot(grid, ys.mean(0), style, color=COLORS.get(variant), label=f"{label} ({len(curves)} seeds)",
-                    marker="o" if len(grid) == 1 else None)
+            ax.plot(grid, ys.mean(0), s.linestyle, color=s.color, marker=s.marker if len(grid) == 1 else None,
+                    gid=label)
             if len(curves) > 1:
-                ax.fill_between(grid, ys.min(0), ys.max(0), color=COLORS.get(variant), alpha=0.15)
+                ax.fill_between(grid, ys.min(0), ys.max(0), color=s.color, alpha=0.15, lw=0, gid=f"{label} band")
+            entries[label] = _handle(s)
+            seeds[label].add(len(curves))
         ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=Y_LABELS[metric],
-               title=f"budget {budget:.3g} FLOPs")
+               title=f"budget {flops_text(budget)} FLOPs")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+        _log_ticks(ax, "x", flops_text)
+        _log_ticks(ax, "y", plain)
+    _legend_below(fig, {f"{label} ({_seeds(seeds[label])})": h for label, h in entries.items()})
+    return fig
 
 
-def speedup_bars(comparison: Comparison, path: Path) -> Path:
-    """Median speedup over seeds of each loop config over its baselines, per budget, with the bootstrap 95%
-    interval (down to 0 where its low end is a seed that never reached the target). A cell whose median seed
-    never reached the target is an empty hatched bar up to the interval's high end (1.0x if none reached), never a
-    plain bar; every bar says how many seeds reached. The legend lists only the series that have bars."""
+def loss_vs_flops(data: SweepData, metric: str, path: Path) -> Path:
+    return _save(loss_vs_flops_figure(data, metric), path)
+
+
+def speedup_bars_figure(comparison: Comparison) -> Figure:
+    """One panel per budget: the median speedup over seeds of each loop config over its baselines, with the
+    bootstrap 95% interval (down to 0 where its low end is a seed that never reached the target). A cell whose
+    median seed never reached the target is an empty hatched bar up to the interval's high end (1.0x if none
+    reached), never a plain bar; every bar says how many seeds reached. The legend lists only the series that
+    have bars."""
     rows = [r for r in comparison.rows if r.variant == "loop"]
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(rows) + 2), 4.8))
+    budgets = _budgets(r.budget for r in rows) or [0.0]
+    most = max([sum(r.budget == b for r in rows) for b in budgets] + [1])
+    fig, axes = _panels(len(budgets), width=max(5.0, 1.8 * most + 1.5), height=4.8, sharey=True)
     width = 0.38
     drawn, censored = set(), False
-    for k, variant in enumerate(BASELINES):
-        for i, row in enumerate(rows):
-            versus = row.versus.get(variant)
-            if versus is None:
-                continue
-            drawn.add(variant)
-            censored |= _speedup_bar(ax, i + (k - 0.5) * width, width, versus.speedup, COLORS[variant])
-    ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # room for the annotations above the tallest bar
-    ax.set_xticks(range(len(rows)), [f"{r.label}\n{r.budget:.2g}" for r in rows], fontsize=8)
-    ax.set(ylabel="speedup (x fewer FLOPs to the baseline's final loss)",
-           title="speedup: median over seeds, bootstrap 95% interval")
+    for ax, budget in zip(axes[0], budgets):
+        here = [r for r in rows if r.budget == budget]
+        for k, variant in enumerate(BASELINES):
+            for i, row in enumerate(here):
+                versus = row.versus.get(variant)
+                if versus is None:
+                    continue
+                drawn.add(variant)
+                censored |= _speedup_bar(ax, i + (k - 0.5) * width, width, versus.speedup, COLORS[variant])
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xticks(range(len(here)), [r.label for r in here], fontsize=8)
+        ax.set(title=f"budget {flops_text(budget)} FLOPs" if budget else "no loop config")
+    top = max(ax.get_ylim()[1] for ax in axes[0])
+    axes[0][0].set_ylim(0, top * 1.15)  # shared: room for the annotations above the tallest bar
+    axes[0][0].set_ylabel("speedup (x fewer FLOPs to the baseline's final loss)")
+    fig.suptitle("speedup: median over seeds, bootstrap 95% interval")
     handles = [Patch(color=COLORS[v], label=SERIES[v]) for v in BASELINES if v in drawn]
     if censored:
         handles.append(Patch(fill=False, hatch="//", label="median seed: not reached"))
-    if handles:  # below the axes: the annotations above the bars stay readable
-        ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(handles))
-    return _save(fig, path)
+    _legend_below(fig, {h.get_label(): h for h in handles})
+    return fig
+
+
+def speedup_bars(comparison: Comparison, path: Path) -> Path:
+    return _save(speedup_bars_figure(comparison), path)
 
 
 def _speedup_bar(ax, x: float, width: float, s: iso.CensoredMedian, color: str) -> bool:
@@ -113,98 +272,183 @@ def _speedup_bar(ax, x: float, width: float, s: iso.CensoredMedian, color: str) 
     return False
 
 
+def loss_vs_loops_figure(comparison: Comparison) -> Figure:
+    """One panel per budget: final compared loss against the number of loops (same-size = 1 loop), one line per
+    loop range and loop sampling, each point in its variant's colour."""
+    labels = sweep_labels(comparison)
+    budgets = _budgets(r.budget for r in comparison.rows)
+    fig, axes = _panels(len(budgets), height=4.0)
+    entries = {}
+    for ax, budget in zip(axes[0], budgets):
+        here = [r for r in comparison.rows if r.budget == budget]
+        same = next((r for r in here if r.variant == "same_size"), None)
+        lines = defaultdict(list)  # the label without its loop count: loop[1,3), loop[0,2)~uniform:1:3
+        for r in here:
+            if r.variant == "loop":
+                lines[re.sub(r"x\d+", "", r.label, count=1)].append(r)
+        for name in sorted(lines, key=lambda n: _order(lines[n][0].label)):
+            points = sorted(lines[name], key=lambda r: r.n_loops)
+            if same is not None:
+                points = [same] + points
+            s = style(points[-1].label if same is None else points[1].label, labels)
+            ax.plot([r.n_loops for r in points], [r.final_loss.mean for r in points], s.linestyle, color=s.color,
+                    alpha=0.6, gid=f"{name} line")
+            for r in points:
+                p = style(r.label, labels)
+                ax.errorbar([r.n_loops], [r.final_loss.mean], yerr=[[r.final_loss.mean - r.final_loss.low],
+                                                                    [r.final_loss.high - r.final_loss.mean]],
+                            marker=p.marker, color=p.color, capsize=3, linestyle="none").lines[0].set_gid(r.label)
+                entries[r.label] = _handle(p, marker=True)
+        if not lines:
+            ax.text(0.5, 0.5, "no looped config at this budget", transform=ax.transAxes, ha="center")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="n_loops (1 = the same-size baseline)", ylabel=f"final {Y_LABELS[comparison.loss_metric]}",
+               title=f"budget {flops_text(budget)} FLOPs: final loss vs loops")
+        ax.grid(True, alpha=0.3)
+    _legend_below(fig, {label: entries[label] for label in sorted(entries, key=sort_key)})
+    return fig
+
+
 def loss_vs_loops(comparison: Comparison, path: Path) -> Path:
-    """Final validation loss against the number of loops (same-size = 1 loop), one line per loop range and budget."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.0))
-    lines = defaultdict(dict)
-    same = {r.budget: r.final_loss for r in comparison.rows if r.variant == "same_size"}
-    for r in comparison.rows:
-        if r.variant == "loop":
-            lines[(r.loop, r.budget)][r.n_loops] = r.final_loss
-    for (loop, budget), points in sorted(lines.items()):
-        if budget in same:
-            points = {1: same[budget], **points}
-        ks = sorted(points)
-        ax.errorbar(ks, [points[k].mean for k in ks], yerr=[[points[k].mean - points[k].low for k in ks],
-                                                            [points[k].high - points[k].mean for k in ks]],
-                    marker="o", capsize=3, label=f"loop {loop}, budget {budget:.2g}")
-    return _finish(fig, ax, path, xlabel="n_loops (1 = same-size baseline)",
-                   ylabel="final validation loss (nats/token)", title="final loss vs loops, at equal training FLOPs")
+    return _save(loss_vs_loops_figure(comparison), path)
+
+
+def loss_vs_inference_loops_figure(comparison: Comparison) -> Figure:
+    """One panel per budget: validation loss of the trained weights at each inference loop count (more loops =
+    more compute), a star at the trained count."""
+    labels = sweep_labels(comparison)
+    budgets = _budgets(r["budget"] for r in comparison.loop_scaling)
+    fig, axes = _panels(len(budgets), height=4.0)
+    entries = {}
+    for ax, budget in zip(axes[0], budgets):
+        for r in sorted((r for r in comparison.loop_scaling if r["budget"] == budget),
+                        key=lambda r: sort_key(r["label"])):
+            s = style(r["label"], labels)
+            ks = sorted(r["val_loss"])
+            ax.plot(ks, [r["val_loss"][k].mean for k in ks], s.linestyle, color=s.color, marker=s.marker, ms=5,
+                    gid=r["label"])
+            if r["trained_loops"] in r["val_loss"]:
+                ax.plot([r["trained_loops"]], [r["val_loss"][r["trained_loops"]].mean], "*", ms=15, color=s.color,
+                        markeredgecolor="black", markeredgewidth=0.5, gid=f"{r['label']} trained")
+            entries[f"{r['label']} ({_seeds({r['seeds']})})"] = _handle(s, marker=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="n_loops at inference (star: the trained count)", ylabel="validation loss (nats/token)",
+               title=f"budget {flops_text(budget)} FLOPs: inference-time loop scaling")
+        ax.grid(True, alpha=0.3)
+    _legend_below(fig, entries)
+    return fig
 
 
 def loss_vs_inference_loops(comparison: Comparison, path: Path) -> Path:
-    """Validation loss of the trained weights at each inference loop count (more loops = more compute)."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.0))
-    for r in comparison.loop_scaling:
-        ks = sorted(r["val_loss"])
-        line, = ax.plot(ks, [r["val_loss"][k].mean for k in ks], marker="o", label=f"{r['label']} ({r['budget']:.2g})")
-        if r["trained_loops"] in r["val_loss"]:
-            ax.plot([r["trained_loops"]], [r["val_loss"][r["trained_loops"]].mean], "*", ms=14, color=line.get_color())
-    return _finish(fig, ax, path, xlabel="n_loops at inference (star: trained)",
-                   ylabel="validation loss (nats/token)", title="inference-time loop scaling")
+    return _save(loss_vs_inference_loops_figure(comparison), path)
+
+
+def attention_shares_figure(comparison: Comparison) -> Figure:
+    """One panel per budget: the mask->mask attention share per layer application (x: position in the unrolled
+    stack), ticks named after the variant with the most applications (looped first), rotated and thinned."""
+    labels = sweep_labels(comparison)
+    budgets = _budgets(r["budget"] for r in comparison.attention)
+    fig, axes = _panels(len(budgets), width=6.0, height=4.4, sharey=True)
+    entries = {}
+    for ax, budget in zip(axes[0], budgets):
+        rows = sorted((r for r in comparison.attention if r["budget"] == budget),
+                      key=lambda r: sort_key(r["label"]))
+        for r in rows:
+            s = style(r["label"], labels)
+            ax.plot(range(len(r["share"])), [v.mean for v in r["share"]], s.linestyle, color=s.color,
+                    marker=s.marker, ms=5, gid=r["label"])
+            entries[f"{r['label']} ({_seeds({r['seeds']})})"] = _handle(s, marker=True)
+        names = max(rows, key=lambda r: (len(r["layers"]), family(r["label"]) == "loop"))
+        step = math.ceil(len(names["layers"]) / MAX_X_LABELS)
+        ticks = list(range(0, len(names["layers"]), step))
+        ax.set_xticks(ticks, [names["layers"][i] for i in ticks], rotation=45, ha="right", fontsize=8)
+        ax.set(xlabel=f"layer application in unrolled order (names: {names['label']})",
+               ylabel="attention share of masked queries on masked keys",
+               title=f"budget {flops_text(budget)} FLOPs: attention among masked positions")
+        ax.grid(True, alpha=0.3)
+    _legend_below(fig, entries)
+    return fig
 
 
 def attention_shares(comparison: Comparison, path: Path) -> Path:
-    """Mask->mask attention share per layer application (x: position in the unrolled stack)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
-    top = max(r["budget"] for r in comparison.attention)
-    for r in comparison.attention:
-        if r["budget"] != top:
-            continue
-        xs = range(len(r["share"]))
-        line, = ax.plot(xs, [v.mean for v in r["share"]], marker="o", label=f"{r['label']} ({r['seeds']} seeds)")
-        for x, name in zip(xs, r["layers"]):
-            if "#" in name:
-                ax.annotate(name, (x, r["share"][x].mean), fontsize=6, color=line.get_color())
-    return _finish(fig, ax, path, xlabel="layer application (unrolled order)",
-                   ylabel="attention share of masked queries on masked keys",
-                   title=f"attention among masked positions, budget {top:.2g}")
+    return _save(attention_shares_figure(comparison), path)
+
+
+def accuracy_vs_inference_flops_figure(comparison: Comparison) -> Figure:
+    """One panel per budget: task accuracy against forward FLOPs per answer, fixed loop counts as a line per
+    variant, adaptive schedules as labelled diamonds (up and left of the line = compute saved at equal
+    quality)."""
+    labels = sweep_labels(comparison)
+    budgets = _budgets(r["budget"] for r in comparison.task)
+    fig, axes = _panels(len(budgets), width=6.5, height=4.4, sharey=True)
+    entries = {}
+    for ax, budget in zip(axes[0], budgets):
+        by_label = defaultdict(list)
+        for r in comparison.task:
+            if r["budget"] == budget:
+                by_label[r["label"]].append(r)
+        for label in sorted(by_label, key=sort_key):
+            rows, s = by_label[label], style(label, labels)
+            fixed = sorted((r for r in rows if r["schedule"].startswith("fixed:")),
+                           key=lambda r: r["flops_per_problem"])
+            accs = [r["accuracy"] for r in fixed]
+            ax.errorbar([r["flops_per_problem"] / 1e9 for r in fixed], [a.mean for a in accs],
+                        yerr=[[a.mean - a.low for a in accs], [a.high - a.mean for a in accs]], marker=s.marker,
+                        color=s.color, linestyle=s.linestyle, capsize=3).lines[0].set_gid(label)
+            entries[f"{label}: fixed loops"] = _handle(s, marker=True)
+            for r in rows:
+                if not r["schedule"].startswith("fixed:"):
+                    x, y = r["flops_per_problem"] / 1e9, r["accuracy"].mean
+                    ax.plot([x], [y], "D", color=s.color, markeredgecolor="black", markeredgewidth=0.5)
+                    ax.annotate(r["schedule"], (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                                color=s.color)
+        ax.set(xlabel="forward GFLOPs per answer", ylabel="exact-match accuracy (95% Wilson interval)",
+               title=f"budget {flops_text(budget)} FLOPs: task accuracy vs inference compute")
+        ax.grid(True, alpha=0.3)
+    if any(not r["schedule"].startswith("fixed:") for r in comparison.task):
+        entries["adaptive schedule"] = Line2D([], [], color="black", marker="D", linestyle="none")
+    _legend_below(fig, entries)
+    return fig
 
 
 def accuracy_vs_inference_flops(comparison: Comparison, path: Path) -> Path:
-    """Task accuracy against forward FLOPs per answer at the largest budget: fixed loop counts as a line per
-    variant, adaptive schedules as labelled points (up and left of the line = compute saved at equal quality)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    top = max(r["budget"] for r in comparison.task)
-    by_label = defaultdict(list)
-    for r in comparison.task:
-        if r["budget"] == top:
-            by_label[r["label"]].append(r)
-    for label, rows in by_label.items():
-        fixed = sorted((r for r in rows if r["schedule"].startswith("fixed:")), key=lambda r: r["flops_per_problem"])
-        xs = [r["flops_per_problem"] / 1e9 for r in fixed]
-        accs = [r["accuracy"] for r in fixed]
-        errors = [[a.mean - a.low for a in accs], [a.high - a.mean for a in accs]]
-        line = ax.errorbar(xs, [a.mean for a in accs], yerr=errors, marker="o", capsize=3,
-                           label=f"{label}: fixed loops")[0]
-        for r in rows:
-            if not r["schedule"].startswith("fixed:"):
-                x, y = r["flops_per_problem"] / 1e9, r["accuracy"].mean
-                ax.plot([x], [y], "D", color=line.get_color())
-                ax.annotate(r["schedule"], (x, y), fontsize=6, color=line.get_color())
-    return _finish(fig, ax, path, xlabel="forward GFLOPs per answer", ylabel="exact-match accuracy (95% CI)",
-                   title=f"task accuracy vs inference compute, budget {top:.2g}")
+    return _save(accuracy_vs_inference_flops_figure(comparison), path)
 
 
-def accuracy_vs_flops(data: SweepData, path: Path) -> Path:
-    """One panel per budget: each variant's seed-mean held-out accuracy (val/accuracy) against training FLOPs."""
+def accuracy_vs_flops_figure(data: SweepData) -> Figure:
+    """One panel per budget: each variant's held-out accuracy (val/accuracy) against training FLOPs, the seed
+    mean as a line and the range from the lowest to the highest seed as a translucent band."""
+    labels = sweep_labels(data)
     having = [t for t in data.compared if t.accuracy_curve]
-    budgets = sorted({t.budget for t in having})
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.2), squeeze=False)
+    budgets = _budgets(t.budget for t in having)
+    fig, axes = _panels(len(budgets))
+    entries, seeds = {}, defaultdict(set)
     for ax, budget in zip(axes[0], budgets):
         by_label = defaultdict(list)
         for t in having:
             if t.budget == budget:
-                by_label[(t.variant, t.label)].append(t)
-        seen = defaultdict(int)
-        for (variant, label), trials in sorted(by_label.items()):
-            c = iso.mean_accuracy_curve(p for t in trials for p in t.accuracy_curve)
-            ax.plot(c.flops, c.accuracy, STYLES[seen[variant] % len(STYLES)], color=COLORS.get(variant),
-                    marker="o", ms=3, label=f"{label} ({len(trials)} seeds)")
-            seen[variant] += 1
+                c = iso.accuracy_curve(*zip(*t.accuracy_curve))
+                by_label[t.label].append((c.flops, c.accuracy))
+        for label in sorted(by_label, key=sort_key):
+            curves, s = by_label[label], style(label, labels)
+            band = _seed_band(curves)
+            if band is None:  # the seeds share no FLOPs range: each seed alone, thin
+                for x, y in curves:
+                    ax.plot(x, y, s.linestyle, color=s.color, lw=0.8, alpha=0.7, gid=f"{label} seed")
+            else:
+                grid, mean, low, high = band
+                ax.plot(grid, mean, s.linestyle, color=s.color, marker=s.marker, ms=3, gid=label)
+                if len(curves) > 1:
+                    ax.fill_between(grid, low, high, color=s.color, alpha=0.15, lw=0, gid=f"{label} band")
+            entries[label] = _handle(s)
+            seeds[label].add(len(curves))
         ax.set(xscale="log", ylim=(0, 1), xlabel="training FLOPs", ylabel="held-out exact-match accuracy",
-               title=f"budget {budget:.3g} FLOPs")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # a range under a decade labels every minor tick: overlaps
+               title=f"budget {flops_text(budget)} FLOPs")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+        _log_ticks(ax, "x", flops_text)
+    _legend_below(fig, {f"{label} ({_seeds(seeds[label])})": h for label, h in entries.items()})
+    return fig
+
+
+def accuracy_vs_flops(data: SweepData, path: Path) -> Path:
+    return _save(accuracy_vs_flops_figure(data), path)

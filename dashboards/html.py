@@ -11,6 +11,9 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 .note { color: #555; font-size: 14px; } img { max-width: 100%; border: 1px solid #eee; }
+.summary { font-size: 16px; } .caption { font-size: 14px; max-width: 60em; }
+ul.notation { font-size: 13px; color: #333; max-width: 60em; } figure { margin: 2em 0; }
+figcaption { font-size: 14px; max-width: 60em; }
 """
 
 
@@ -26,10 +29,29 @@ def notes(lines: list[str]) -> str:
     return "".join(f"<p class='note'>{html.escape(line)}</p>" for line in lines)
 
 
-def image(path: Path, alt: str) -> str:
+def summary(lines: list[str]) -> str:
+    """The report's opening lines, in the body text's colour and size; the first (the verdict) in bold."""
+    return "".join(f"<p class='summary'>{'<strong>' * (i == 0)}{html.escape(line)}{'</strong>' * (i == 0)}</p>"
+                   for i, line in enumerate(lines))
+
+
+def captions(lines: list[str]) -> str:
+    """What a table or figure shows and how to read it: body-coloured text above it."""
+    return "".join(f"<p class='caption'>{html.escape(line)}</p>" for line in lines)
+
+
+def bullets(lines: list[str]) -> str:
+    """The notation of a table's cells, under it."""
+    if not lines:
+        return ""
+    return "<ul class='notation'>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
+
+
+def figure(path: Path, title: str, caption: str, alt: str) -> str:
+    """A PNG embedded in the page, with its title and what it shows under it."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption class="note">' \
-           f'{html.escape(alt)}</figcaption></figure>'
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>'
+            f'<b>{html.escape(title)}.</b> {html.escape(caption)}</figcaption></figure>')
 
 
 def page(title: str, sections: list[tuple[str, str]]) -> str:

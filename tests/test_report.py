@@ -125,6 +125,10 @@ def test_single_seed_and_single_budget(store, tmp_path):
     assert "| 0.0505 (1 seed: no spread) |" in md and "(1 seed: no interval) | 1 seed: no interval |" in md
     assert {(e["status"], e["reason"]) for e in data["extrapolations"]} == {("withheld", "1 seed, no interval")}
     assert "at 10x the largest budget: withheld: 1 seed, no interval" in md and "0.00x" not in md
+    assert md.startswith("- No comparison can be judged against the seed-to-seed noise: each rests on 1 seed, so "
+                         "none has an interval.\n")
+    assert data["summary"]["noise"] == {**data["summary"]["noise"], "comparisons": 2, "exceed_seed_noise": 0,
+                                        "one_seed": 2}
 
 
 def run_report(*args, cwd):
@@ -246,7 +250,7 @@ def test_speedup_bars_mark_censored_cells(monkeypatch, tmp_path):
     figures.speedup_bars(Comparison([row("a", {"same_size": versus(2.0, 2, 2), "depth_matched": None}),
                                      row("b", {"same_size": versus(None, 1, 2, high=4.0)})]), tmp_path / "x.png")
     ax = figs[0].axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["vs same-size", "median seed: not reached"]
+    assert [t.get_text() for t in figs[0].legends[0].get_texts()] == ["vs same-size", "median seed: not reached"]
     hatched = [p for p in ax.patches if p.get_hatch()]
     assert len(hatched) == 1 and not hatched[0].get_fill() and hatched[0].get_height() == 4.0
     texts = [t.get_text() for t in ax.texts]
@@ -348,3 +352,95 @@ def test_lr_ladder_candidates_are_only_under_learning_rates(store, tmp_path, cap
             "averaged)") in lr["lines"]
     assert "| same_size(4L) | 0.0714 | 0.0600 (chosen) | 0.0714 |" in printed
     assert "| variant | lr 0.0003 | lr 0.001 | lr 0.003 |" in printed
+
+
+def test_page_explains_what_it_shows(store, tmp_path, capsys):
+    """Every table and figure, on the page and in speedups.md, says what it shows and how to read it (one set of
+    texts: report.CAPTIONS and report.NOTATION); the summary on top counts the comparisons that exceed the seed
+    noise (known here: the 3x loop beats both baselines in every seed, the other loop's seeds disagree) and states
+    the sweep's scale; the extrapolations come after everything measured, in the grey note style."""
+    from html import escape
+    make_sweep(store, "explained", budgets=(1e12,), seeds=(0, 1, 2), loops=((2, 3.0), (3, (0.5, 0.5, 3.0))),
+               inference=True)
+    out = tmp_path / "r"
+    assert report.main(["--tracking-uri", store, "--experiment", "explained", "--out", str(out), "--no-log"]) == 0
+    printed = capsys.readouterr().out
+    page, md = (out / "index.html").read_text(), (out / "speedups.md").read_text()
+    data = json.loads((out / "speedups.json").read_text())
+    noise = ("2 of 4 comparisons exceed the seed-to-seed noise: loop[1,3)x2 vs same_size(4L) at budget 1e+12 (lower "
+             "loss; speedup: faster); loop[1,3)x2 vs depth_matched(6L) at budget 1e+12 (lower loss; speedup: faster). "
+             "The other 2 show no detectable difference.")
+    size = ("scale: 15 trials compared: 5 variants, 1 budget (1e+12 training FLOPs), 3 seeds; models of 4,000 to "
+            "8,000 parameters and 400 to 800 FLOPs per token; 1.5e+13 training FLOPs in all (15 runs, each to its "
+            "last evaluation)")
+    summary = data["summary"]
+    assert (summary["noise"]["comparisons"], summary["noise"]["exceed_seed_noise"], summary["noise"]["one_seed"]) \
+        == (4, 2, 0)
+    assert summary["scale"]["total_training_flops"] == pytest.approx(1.5e13)
+    assert summary["scale"]["params"] == [4000, 8000] and summary["scale"]["seeds"] == 3
+    # stdout: the summary is the first paragraph, the speedup table the second
+    first, second = printed.split("\n\n")[:2]
+    assert first.splitlines()[0] == noise and size in first.splitlines()
+    assert [line.split(" | ")[0][2:] for line in second.splitlines() if line.startswith("| ")][1:3] == \
+        ["loop[1,3)x2", "loop[1,3)x3"]
+    assert md.startswith(f"- {noise}\n") and size in md
+    assert f"<p class='summary'><strong>{escape(noise)}</strong></p>" in page and escape(size) in page
+    # what a speedup is and what its cells mean; '*' in the inference table; every section and figure explained
+    tables = report.NOTATION + [report.CAPTIONS[k] for k in ("speedups", "noise", "learning_rates", "loop_scaling",
+                                                             "attention", "task", "extrapolations")]
+    plots = [report.CAPTIONS[k] for k in ("figures", "loss_vs_flops", "speedup_bars", "loss_vs_loops",
+                                          "loss_vs_inference_loops", "attention_shares", "accuracy_vs_inference_flops")]
+    for text in tables + plots:
+        assert escape(text) in page and text in md and (text in printed or text in plots), text
+    assert report.CAPTIONS["accuracy"] not in md and report.CAPTIONS["accuracy_vs_flops"] not in md  # no accuracy
+    for phrase in ("speedup: how many times fewer training FLOPs", "not reached: the curve never got down",
+                   "≥: the looped config already beat the target", "reached k/n seeds: in k of the n seeds",
+                   "(1 seed: no interval): a single seed", "* marks the loop count the model was trained with"):
+        assert escape(phrase) in page and phrase in md, phrase
+    for stem, title in report.FIGURE_TITLES.items():
+        if stem != "accuracy_vs_flops":
+            assert f"<b>{escape(title)}.</b> {escape(report.CAPTIONS[stem])}</figcaption>" in page
+            assert f"![{title}]({stem}.png)" in md
+    # order: summary, the measured tables, the figures, then the fitted extrapolations (grey notes), provenance
+    at = [page.index(s) for s in ("<h2>Summary</h2>", "<h2>Speedups</h2>", "<h2>Is it above noise?</h2>",
+                                  "<h2>Figures</h2>", "<h2>Extrapolations (fit, not measured)</h2>",
+                                  "<h2>Provenance</h2>")]
+    assert at == sorted(at) and page.rindex("<figure>") < at[4]
+    assert f"<p class='note'>{escape(report.CAPTIONS['extrapolations'])}</p>" in page
+    assert "<p class='note'>EXTRAPOLATION (fit, not measured)" in page
+    assert md.index("## Figures") < md.index("## Extrapolations") < md.index("## Provenance")
+    # the explanations add no table rows and no images: speedups, noise, loop scaling, attention, task
+    assert page.count("<table") == 5 and page.count("data:image/png;base64,") == 6
+
+
+def test_noise_summary_counts_only_intervals_over_seeds():
+    """A speedup interval that excludes 1.0x (a bootstrap over 2 seeds: their range) is mentioned, not counted;
+    comparisons on 1 seed are not judged."""
+    def row(label, budget, same, depth):
+        versus = {"same_size": Versus("same_size(4L)", same[0], 0.06, 0.001, same[1]),
+                  "depth_matched": Versus("depth_matched(6L)", depth[0], 0.05, 0.001, depth[1])}
+        return Row(label, "loop", "[1,3)", 2, 4000, 600, budget, iso.bootstrap([1.0]), versus)
+    faster = iso.CensoredMedian(2.0, 1.5, 3.0, 2, 2, False)
+    even = iso.CensoredMedian(1.0, 0.8, 1.2, 2, 2, False)
+    one = iso.CensoredMedian(2.0, None, None, 1, 1, False)
+    rows = [row("loop[1,3)x2", 1e12, (faster, iso.t_interval([-0.01, 0.012])),
+                (even, iso.t_interval([0.01, -0.009])))]
+    lines, counts = report.noise_summary(Comparison(rows))
+    assert lines[0] == ("No comparison exceeds the seed-to-seed noise: at this scale the sweep shows no detectable "
+                        "difference (2 of 2 comparisons have a 95% interval over seeds, and each includes no "
+                        "difference).")
+    assert "excludes 0. Speedup verdicts are not counted" in lines[1]
+    assert "1 more comparison has a speedup interval that excludes 1.0x" in lines[1]
+    assert (counts["comparisons"], counts["exceed_seed_noise"]) == (2, 0)
+    rows.append(row("loop[1,3)x2", 3e12, (one, iso.t_interval([-0.01])), (one, iso.t_interval([-0.02]))))
+    # t with 1 degree of freedom (12.7): only differences this close over the 2 seeds exclude 0
+    rows.append(row("loop[1,3)x3", 1e12, (even, iso.t_interval([-0.0100, -0.0101])),
+                    (even, iso.t_interval([0.100, 0.101]))))
+    lines, counts = report.noise_summary(Comparison(rows))
+    assert lines[0] == ("2 of 6 comparisons exceed the seed-to-seed noise: loop[1,3)x3 vs same_size(4L) at budget "
+                        "1e+12 (lower loss; speedup: no detectable difference); loop[1,3)x3 vs depth_matched(6L) at "
+                        "budget 1e+12 (higher loss; speedup: no detectable difference). The other 2 show no "
+                        "detectable difference. 2 of 6 rest on 1 seed (no interval) and are not judged.")
+    assert (counts["comparisons"], counts["exceed_seed_noise"], counts["one_seed"]) == (6, 2, 2)
+    assert report.noise_summary(Comparison([]))[0] == [
+        "No looped config has a baseline in this sweep: there is nothing to compare."]
