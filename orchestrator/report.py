@@ -542,6 +542,19 @@ def write_outputs(data: SweepData, comparison: Comparison, out: Path) -> list[Pa
     return files
 
 
+def describe(client, data: SweepData, comparison: Comparison):
+    """The parent run's description in the MLflow UI: the noise verdict, the speedup table and a link to
+    report/index.html; the median speedups (reached, not lower bounds) as metrics
+    headline/<variant>/b<budget>/speedup_vs_<baseline>."""
+    top = summary(data, comparison)[0]
+    headline = {f"{r.label}/b{r.budget:.3g}/speedup_vs_{variant}":
+                None if v.speedup.lower_bound else v.speedup.median
+                for r in comparison.rows if r.variant == "loop"
+                for variant, v in r.versus.items() if v is not None}
+    tracking.describe_sweep(client, data.parent_run_id,
+                            top.lines[0] + "\n\n" + markdown(headers(comparison), table_rows(comparison)), headline)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", help="MLflow experiment (= the sweep's name); default: the latest sweep")
@@ -568,6 +581,7 @@ def main(argv=None) -> int:
             client = tracking.check_store(uri)
             for f in files:
                 client.log_artifact(data.parent_run_id, str(f), "report")
+            describe(client, data, comparison)
     except LoopMDMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

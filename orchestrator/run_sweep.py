@@ -55,9 +55,21 @@ def main(argv=None) -> int:
               f"checkpoints and waiting for a slot)")
     for name, error in outcome.failed.items():
         print(f"  FAILED {name}: {error}")
-    print(f"MLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}\n"
-          f"  browse: mlflow ui --backend-store-uri {outcome.tracking_uri}   (binds 127.0.0.1:5000)")
+    print(closing_text(spec.name, outcome))
     return 0 if outcome.ok else 1
+
+
+def closing_text(name: str, outcome) -> str:
+    """Where the sweep is in MLflow, the URL that opens every trial's validation loss against training FLOPs, and
+    the next step (the report)."""
+    from orchestrator import tracking
+    uri, parent = outcome.tracking_uri, outcome.parent_run_id
+    command = tracking.ui_command(uri)
+    return "\n".join([f"MLflow: parent run {parent} of experiment {name!r} in {uri}",
+                      "  validation loss vs training FLOPs, every trial: " +
+                      (f"run `{command}`, then open" if command else "open"),
+                      f"    {tracking.sweep_url(uri, outcome.experiment_id, parent)}",
+                      f"  next, the speedup table and report: {tracking.report_command(uri, name, parent)}"])
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class SweepOutcome:
     interrupted: list[str] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the whole sweep invocation
     train_seconds: float = 0.0  # sum over the trials of the time spent in training steps (perf/train_seconds)
+    experiment_id: str = ""  # the MLflow experiment (tracking.sweep_url gives its page in the UI)
 
     @property
     def ok(self) -> bool:
@@ -128,6 +129,7 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
     if spec.lr_ladder:
         parent_params["sweep.lr_ladder"] = list(spec.lr_ladder.values)
     parent_id = tracking.open_parent_run(client, exp_id, key, parent_params, spec.source, fresh=not resume)
+    _publish_ui(client, spec, trials + later, uri, exp_id, parent_id)
     common = {"tracking_uri": uri, "experiment_id": exp_id, "parent_id": parent_id, "cpus": spec.resources.cpu,
               "workers": spec.resources.n_workers, "checkpoint_root": str(experiment_path / CHECKPOINTS),
               "infer": dataclasses.asdict(spec.infer) if spec.infer else None}
@@ -136,7 +138,7 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
     state_path.write_text(json.dumps({"sweep_key": key, "parent_run_id": parent_id,
                                       "tracking_uri": tracking.redact(uri)}))
 
-    outcome = SweepOutcome(parent_id, uri, experiment_path)
+    outcome = SweepOutcome(parent_id, uri, experiment_path, experiment_id=exp_id)
     crash = None
     try:
         from . import tune_runner
@@ -157,6 +159,22 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
                          None if outcome.ok and not crash else summary)
     outcome.seconds = time.monotonic() - start
     return outcome
+
+
+def _publish_ui(client, spec: specs.SweepSpec, trials: list[specs.TrialSpec], uri: str, exp_id: str, parent_id: str):
+    """The MLflow UI's first screen for this sweep (tracking.publish_sweep_ui): what it runs on the parent run, and a
+    view of every trial's loss against training FLOPs. Cosmetic: a store that refuses it only gets a warning."""
+    lr = (f"ladder over {', '.join(f'{x:g}' for x in spec.lr_ladder.values)}, chosen per variant at the smallest "
+          f"budget" if spec.lr_ladder else f"{spec.base.train.lr:g} for every variant")
+    summary = tracking.sweep_summary(spec.name, parent_id, exp_id, list(dict.fromkeys(t.label for t in trials)),
+                                     spec.budgets, spec.seeds, len(trials), lr=lr)
+    task = any(t.config.data.task and t.config.data.task_format == "prompted" for t in trials)  # answer loss, accuracy
+    keys = (metrics.VAL_LOSS, metrics.VAL_ANSWER_LOSS, metrics.VAL_ACCURACY) if task else (metrics.VAL_LOSS,)
+    try:
+        tracking.publish_sweep_ui(client, exp_id, parent_id, summary, keys, uri)
+    except Exception as e:  # MLflow raises many types; the sweep does not depend on this
+        log.warning(f"the MLflow UI view of the sweep could not be saved ({type(e).__name__}: {e}); its runs are "
+                    f"logged as usual")
 
 
 def _trial_dict(client, t: specs.TrialSpec, common: dict, open_run: bool) -> dict:

@@ -3,10 +3,18 @@
 Runs are found again by tags, never by memory: the parent by `loopmdm.sweep_key` (the sweep's name and
 storage folder), a trial by `loopmdm.trial_key` under that parent. So a resumed sweep reopens the same runs
 and a trial logs only steps after the last one its run holds: nothing is duplicated.
+
+The MLflow UI's first screen (the end of this file): the experiment opens on its runs (not MLflow 3's GenAI
+view), each sweep has a saved view plotting every trial's validation loss against training FLOPs, reached by one
+URL (sweep_url), and the parent run's description says what the sweep ran and, once orchestrator/report.py ran,
+its speedups (describe_sweep).
 """
 
+import datetime
 import json
+import math
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -236,3 +244,254 @@ class TrialLogger:
         if not deliver(lambda: end_run(self.client, self.run_id, status, error)):
             self._spool([{"status": status, "error": error}])
 
+
+
+# ------------------------------------------------------------------------------------------------- the MLflow UI
+# What `mlflow ui` (3.x) shows first. Checked against MLflow 3.17 in headless Chromium by
+# benchmarks/mlflow_ui_check.py (it also takes docs/mlflow_loss_vs_flops.png):
+# - `workflowType=machine_learning` in a page's URL shows it in the "Model training" view, not the GenAI one (an
+#   experiment then opens on its runs, not on an empty traces overview). Without it the Model training / GenAI
+#   toggle decides (GenAI until the user picks the other, remembered per browser); 3.17 ignores the experiment's
+#   mlflow.experimentKind tag;
+# - an experiment tag mlflow.sharedViewState.<key> is a saved view (the runs page's Views menu), opened directly by
+#   `viewStateShareKey=<key>` in the URL: its search filter, sort, chart sections and charts, and which runs are
+#   plotted. Ours filters on the sweep's parent run (its trials are then listed flat: no collapsed parent run) and
+#   shows all of them (MLflow plots the first 10 otherwise) in a chart of loss against the `flops` metric.
+#   MLflow draws a metric x-axis on a linear scale only (a log scale is offered for the step axis alone);
+# - mlflow.note.content is the description of a run or an experiment (markdown).
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves unless told otherwise
+NOTE_TAG = "mlflow.note.content"
+VIEW_TAG = "mlflow.sharedViewState."  # + the view's key
+VIEW_PREFIX = "loopmdm-"  # our views' keys: VIEW_PREFIX + the parent run id
+MAX_VIEWS = 20  # of ours per experiment, newest kept (MLflow's Views menu takes 40 in all)
+SUMMARY_TAG = "loopmdm.summary"  # the parent run's description without the report's part (describe_sweep adds it)
+HEADLINE = "headline/"  # parent-run metrics of the report's headline numbers
+NOTE_LIMIT = 8000  # characters: MLflow's limit on a run tag's value
+EXPERIMENT_NOTE_MARK = "<!-- loopmdm -->"  # an experiment description we wrote (and may rewrite); others are kept
+REPORT_PAGE = "report/index.html"  # where orchestrator/report.py logs its page in the parent run's artifacts
+SECTION_NAME = "Loss vs training FLOPs, all trials"  # our chart section in the view
+
+
+def ui_address(tracking_uri: str) -> str:
+    """Where the UI of this store is served: a tracking server serves its own; any other store is shown by
+    `mlflow ui` (ui_command), at UI_ADDRESS."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return UI_ADDRESS
+
+
+def ui_command(tracking_uri: str) -> str | None:
+    """The command that serves the UI of this store; None for a tracking server (it already does)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def view_key(parent_run_id: str) -> str:
+    return VIEW_PREFIX + parent_run_id
+
+
+def sweep_path(experiment_id: str, parent_run_id: str) -> str:
+    """The UI page (from '#') that opens on the sweep's view: every trial, loss against training FLOPs."""
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", "compareRunsMode": "CHART",
+                                    "viewStateShareKey": view_key(parent_run_id)})
+    return f"#/experiments/{experiment_id}/runs?{query}"
+
+
+def sweep_url(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
+    return f"{ui_address(tracking_uri)}/{sweep_path(experiment_id, parent_run_id)}"
+
+
+def run_path(experiment_id: str, run_id: str, artifact: str | None = None) -> str:
+    """A run's page (from '#'), or one of its artifacts shown in the UI. workflowType: without it a run page opens
+    in the GenAI view unless the user picked "Model training" in this browser before."""
+    path = f"#/experiments/{experiment_id}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    return path + "?workflowType=machine_learning"
+
+
+def report_command(tracking_uri: str, experiment: str, parent_run_id: str) -> str:
+    return (f"python orchestrator/report.py --tracking-uri {tracking_uri} --experiment {experiment} "
+            f"--sweep-run {parent_run_id}")
+
+
+def loss_vs_flops_view(parent_run_id: str, metric_keys=(metrics.VAL_LOSS,)) -> dict:
+    """The runs page's state (MLflow 3.x: search facets and UI state in one object) that shows the sweep's trials,
+    all of them plotted, one chart per metric against cumulative training FLOPs, losses on a log scale."""
+    section = "loopmdm-loss-vs-flops"
+    charts = [{"uuid": f"loopmdm-{key.replace('/', '-')}", "type": "LINE", "metricSectionId": section,
+               "deleted": False, "isGenerated": False, "runsCountToCompare": 1000,
+               "metricKey": key, "selectedMetricKeys": [key],
+               "xAxisKey": "metric", "selectedXAxisMetricKey": metrics.FLOPS, "useGlobalXaxisKey": False,
+               "xAxisScaleType": "linear", "scaleType": "log" if "loss" in key else "linear",
+               "lineSmoothness": 0, "useGlobalLineSmoothing": False} for key in metric_keys]
+    return {
+        # search facets: this sweep's trials (a filter lists them flat, without their parent), sorted by name
+        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        "orderByKey": "tags.`mlflow.runName`", "orderByAsc": True,
+        # UI state: every trial plotted; our section first, then what MLflow generates for the other metrics
+        "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True, "isAccordionReordered": True,
+        "compareRunSections": [{"uuid": section, "name": SECTION_NAME,
+                                "display": True, "isReordered": False, "columns": min(len(charts), 2),
+                                "cardHeight": 480}],
+        "compareRunCharts": charts,
+    }
+
+
+def _view_envelope(name: str, state: dict) -> str:
+    """A saved view as MLflow 3.x stores it in an experiment tag: name and creation time in plain JSON, the state
+    as a JSON string (MLflow writes it deflate-compressed and reads either)."""
+    return json.dumps({"name": name, "createdAt": int(time.time() * 1000), "state": json.dumps(state)})
+
+
+def _publish_view(client: MlflowClient, experiment, parent_run_id: str, name: str, metric_keys) -> str:
+    """The sweep's saved view on its experiment (replaced if its state changed); only the MAX_VIEWS newest of ours
+    are kept."""
+    key, state = view_key(parent_run_id), loss_vs_flops_view(parent_run_id, metric_keys)
+    tags = experiment.tags
+    current = tags.get(VIEW_TAG + key)
+    try:
+        same = current is not None and json.loads(json.loads(current)["state"]) == state
+    except (ValueError, KeyError, TypeError):
+        same = False
+    if not same:
+        client.set_experiment_tag(experiment.experiment_id, VIEW_TAG + key, _view_envelope(name, state))
+    ours = []
+    for tag, value in tags.items():
+        if tag.startswith(VIEW_TAG + VIEW_PREFIX) and tag != VIEW_TAG + key:
+            try:
+                ours.append((json.loads(value)["createdAt"], tag))
+            except (ValueError, KeyError, TypeError):
+                continue
+    for _, tag in sorted(ours)[:max(0, len(ours) + 1 - MAX_VIEWS)]:
+        client.delete_experiment_tag(experiment.experiment_id, tag)
+    return key
+
+
+def _experiment_note(experiment_id: str, parent_run_id: str, run_name: str) -> str:
+    """The experiment's description; the UI shows its first line, so the link comes first."""
+    return (f"{EXPERIMENT_NOTE_MARK}\n**Every trial's loss vs training FLOPs**: [{run_name}]"
+            f"({sweep_path(experiment_id, parent_run_id)}) (the latest sweep; each has a view in *Views*)\n\n"
+            f"Each sweep is one parent run, whose description says what it ran and, once `orchestrator/report.py` "
+            f"has run, its speedups; each trial is a child run.")
+
+
+def _ensure_ui(client: MlflowClient, experiment_id: str, parent_run, metric_keys, latest: bool) -> str:
+    """The sweep's view and the experiment's description (pointing at this sweep if it is the `latest`, or if the
+    experiment has none yet); returns the view's page (sweep_path)."""
+    experiment = client.get_experiment(experiment_id)
+    run_id, run_name = parent_run.info.run_id, parent_run.info.run_name
+    note = experiment.tags.get(NOTE_TAG)
+    if note is None or (latest and note.startswith(EXPERIMENT_NOTE_MARK)):  # a description the user wrote stays
+        client.set_experiment_tag(experiment_id, NOTE_TAG, _experiment_note(experiment_id, run_id, run_name))
+    _publish_view(client, experiment, run_id, f"{experiment.name} {run_name}: loss vs training FLOPs", metric_keys)
+    return sweep_path(experiment_id, run_id)
+
+
+def _fmt_list(values) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _lead(name: str, experiment_id: str, parent_run_id: str) -> str:
+    return (f"**LoopMDM sweep `{name}`**: looped variants against their baselines at equal training FLOPs. "
+            f"[Every trial's validation loss vs training FLOPs]({sweep_path(experiment_id, parent_run_id)}) (also "
+            f"in the *Views* menu of the Runs tab).")
+
+
+def sweep_summary(name: str, parent_run_id: str, experiment_id: str, labels, budgets, seeds, n_trials: int,
+                  lr: str = "") -> str:
+    """What the parent run's description says of the sweep (markdown): a first paragraph with the link to its view
+    (the UI shows the first lines of a description), then a table of what it runs."""
+    loops = [label for label in labels if label.startswith("loop")]
+    baselines = [label for label in labels if not label.startswith("loop")]
+    rows = [("looped variants", ", ".join(f"`{x}`" for x in loops) or "none"),
+            ("baselines", ", ".join(f"`{x}`" for x in baselines) or "none"),
+            ("training budgets (FLOPs)", _fmt_list(budgets)), ("seeds", _fmt_list(seeds)),
+            ("trials", f"{n_trials} (one child run each)")] + ([("learning rate", lr)] if lr else [])
+    return "\n".join([_lead(name, experiment_id, parent_run_id), "", "| the sweep | |", "|---|---|",
+                      *[f"| {k} | {v} |" for k, v in rows]])
+
+
+def _pending_report(tracking_uri: str, experiment: str, parent_run_id: str) -> str:
+    return (f"**Speedups**: none yet; `{report_command(tracking_uri, experiment, parent_run_id)}` adds the table "
+            f"here (and the full report to this run's artifacts).")
+
+
+def publish_sweep_ui(client: MlflowClient, experiment_id: str, parent_run_id: str, summary: str,
+                     metric_keys=(metrics.VAL_LOSS,), tracking_uri: str = "") -> str:
+    """At the sweep's start: the experiment's description and the sweep's view (_ensure_ui); the parent run's
+    summary (tag SUMMARY_TAG) and, unless it has one, its description: the summary and how to add the speedups.
+    Returns the view's page (sweep_path). Idempotent (a resumed sweep keeps a description the report wrote)."""
+    run = client.get_run(parent_run_id)
+    path = _ensure_ui(client, experiment_id, run, metric_keys, latest=True)
+    client.set_tag(parent_run_id, SUMMARY_TAG, summary[:NOTE_LIMIT])
+    if NOTE_TAG not in run.data.tags:
+        experiment = client.get_experiment(experiment_id).name
+        lead, _, details = summary.partition("\n\n")
+        client.set_tag(parent_run_id, NOTE_TAG,
+                       _fit([lead, _pending_report(tracking_uri, experiment, parent_run_id)], after=(details,)))
+    return path
+
+
+def _fit(before: list[str], table: str = "", after: tuple[str, ...] = ()) -> str:
+    """Parts joined by blank lines, within NOTE_LIMIT: a table that does not fit loses its last rows, and says so."""
+    def join(t: str) -> str:
+        return "\n\n".join(p for p in [*before, t, *after] if p)
+    rows, text = table.splitlines(), join(table)
+    cut = "| ... (cut to fit the description: the report's speedups.md has every row) |"
+    while len(text) > NOTE_LIMIT and len(rows) > 2:
+        rows.pop()
+        text = join("\n".join(rows + [cut]))
+    return text[:NOTE_LIMIT]
+
+
+def headline_metric(key: str) -> str:
+    """`headline/` + key made a valid MLflow metric name on every OS: each run of characters outside letters,
+    digits, _ - . / and space becomes one _ ('loop[1,3)x2/b1e+12/speedup_vs_same_size' ->
+    'headline/loop_1_3_x2/b1e12/speedup_vs_same_size'; an exponent's + is dropped)."""
+    parts = [re.sub(r"[^\w.\- ]+", "_", part.replace("e+", "e")).strip("_ ") for part in key.split("/")]
+    return HEADLINE + "/".join(p for p in parts if p not in ("", ".", ".."))
+
+
+def summary_from_trials(client: MlflowClient, parent_run, trials: list | None = None) -> str:
+    """sweep_summary for a sweep that began before run_sweep.py wrote one (tag SUMMARY_TAG): from its trial runs'
+    tags (`trials`: its child runs, if already fetched)."""
+    exp_id, run_id = parent_run.info.experiment_id, parent_run.info.run_id
+    tags = [t.data.tags for t in (child_runs(client, exp_id, run_id) if trials is None else trials)]
+    labels = sorted({t.get("loopmdm.label", "?") for t in tags}, key=lambda x: (not x.startswith("loop"), x))
+    budgets = sorted({float(t["loopmdm.budget_flops"]) for t in tags if "loopmdm.budget_flops" in t})
+    seeds = sorted({int(t["loopmdm.seed"]) for t in tags if "loopmdm.seed" in t})
+    name = parent_run.data.params.get("sweep.name") or client.get_experiment(exp_id).name
+    return sweep_summary(name, run_id, exp_id, labels, budgets, seeds, len(tags))
+
+
+def describe_sweep(client: MlflowClient, parent_run_id: str, markdown_table: str | None,
+                   headline: dict[str, float | None], report_page: str = REPORT_PAGE) -> str:
+    """After orchestrator/report.py: the parent run's description becomes the sweep's first paragraph (the link to
+    its view), a link to the report's page among the run's artifacts, `markdown_table` (any markdown: the speedup
+    table, a verdict line before it; None: the report found none), then what the sweep ran;
+    each finite value of `headline` ({'loop[1,3)x2/b1e+12/speedup_vs_same_size': 1.9, ...}; None, NaN and inf are
+    skipped: a censored speedup has no number) is logged as the parent-run metric headline_metric(key), step 0.
+    Also makes sure the experiment's description and the sweep's view exist (sweeps run before they did). The
+    description is rewritten on every call: an edit made in the UI is replaced. Returns the description."""
+    run = client.get_run(parent_run_id)
+    experiment_id = run.info.experiment_id
+    trials = child_runs(client, experiment_id, parent_run_id)
+    keys = {k for child in trials for k in child.data.metrics}
+    metric_keys = [k for k in (metrics.VAL_LOSS, metrics.VAL_ANSWER_LOSS, metrics.VAL_ACCURACY) if k in keys]
+    _ensure_ui(client, experiment_id, run, metric_keys or [metrics.VAL_LOSS], latest=False)
+    summary = run.data.tags.get(SUMMARY_TAG) or summary_from_trials(client, run, trials)
+    lead, _, details = summary.partition("\n\n")
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    report = (f"**Speedups** (orchestrator/report.py, {stamp}; the full report with every table and figure: "
+              f"[{report_page}]({run_path(experiment_id, parent_run_id, report_page)}) in this run's artifacts)")
+    table = markdown_table or "No speedup could be computed (no finished loop config with a baseline)."
+    now = int(time.time() * 1000)
+    batch = [Metric(headline_metric(k), float(v), now, 0) for k, v in headline.items()
+             if v is not None and math.isfinite(float(v))]
+    logged = (f"{len(batch)} headline number{'s are' if len(batch) > 1 else ' is'} also this run's metrics "
+              f"(`{HEADLINE}...`)." if batch else "")
+    note = _fit([lead, report], table, (logged, details))
+    client.set_tag(parent_run_id, NOTE_TAG, note)
+    for i in range(0, len(batch), 1000):
+        client.log_batch(parent_run_id, metrics=batch[i:i + 1000])
+    return note
