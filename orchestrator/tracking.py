@@ -46,6 +46,9 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")  # a bare path ending so is taken for a SQLite database
+
+
 def resolve_uri(cli_uri: str | None = None, spec_uri: str = "") -> str:
     """--tracking-uri, then the sweep's tracking.uri, then MLFLOW_TRACKING_URI, then sqlite:///<cwd>/mlflow.db.
 
@@ -60,8 +63,10 @@ def resolve_uri(cli_uri: str | None = None, spec_uri: str = "") -> str:
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     elif uri.startswith("file:") and not uri.startswith("file:///"):
         uri = Path(uri[len("file:"):]).resolve().as_uri()
+    elif "://" not in uri and Path(uri).suffix in SQLITE_SUFFIXES:  # a bare path to a database file: SQLite
+        uri = "sqlite:///" + str(Path(uri).expanduser().resolve())
     elif "://" not in uri:  # a bare path: MLflow treats it as a file store
-        uri = Path(uri).resolve().as_uri()
+        uri = Path(uri).expanduser().resolve().as_uri()
     return uri
 
 
@@ -80,8 +85,10 @@ def check_store(uri: str) -> MlflowClient:
         if not folder.is_dir():
             raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist")
     elif uri.startswith("file:") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path))
+        database = path if path.suffix in SQLITE_SUFFIXES else path / "mlflow.db"
         raise TrackingError(f"tracking URI {uri}: MLflow refuses file stores unless MLFLOW_ALLOW_FILE_STORE=true; "
-                            f"prefer the default sqlite:///mlflow.db")
+                            f"use a SQLite database there instead: --tracking-uri sqlite:///{database}")
     client = MlflowClient(uri)
     try:
         client.search_experiments(max_results=1)

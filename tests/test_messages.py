@@ -65,3 +65,13 @@ def test_mfu_is_never_above_one(tiny_config, caplog):
     train(tiny_config(train={"peak_flops": 1.0}), sink=lambda step, values: rows.append(values))
     assert not any(metrics.MFU in r for r in rows)
     assert "set train.peak_flops" in caplog.text
+
+
+def test_report_reads_a_bare_database_path_as_sqlite_and_names_the_users_own_file(tmp_path, capsys, monkeypatch):
+    from orchestrator import report
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--tracking-uri", "path/to/mlflow.db"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: no tracking database at sqlite:///{tmp_path}/path/to/"
+                                               f"mlflow.db; run a sweep first or pass --tracking-uri")
+    assert report.main(["--tracking-uri", "path/to/mlruns"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--tracking-uri sqlite:///{tmp_path}/path/to/mlruns/mlflow.db")
