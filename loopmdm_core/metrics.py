@@ -13,10 +13,14 @@ LR = "lr"
 TOKENS_PER_S = "perf/tokens_per_s"
 MFU = "perf/mfu"  # model FLOPs per second / the peak (train.peak_flops); never above 1 (then not logged)
 TRAIN_SECONDS = "perf/train_seconds"  # cumulative wall time spent in training steps (no eval, no set-up)
+# Wall time of a trial's other phases, cumulative over resumed sessions, logged with perf/train_seconds (the
+# run's last checkpoint write comes after its last log); a sweep's closing summary sums them over trials
+PHASE_SECONDS = {phase: f"perf/{phase}_seconds" for phase in ("startup", "data", "compile", "eval", "checkpoint")}
+INFER_SECONDS = "perf/infer_seconds"  # the evaluations after training (evaluate.inference_eval, task_eval)
 TRAIN_LOOPS = "train/n_loops"  # sampled loop counts (train.loop_sampling): their mean since the last log
 
 ALL = (TRAIN_LOSS, VAL_LOSS, VAL_PPL, VAL_ANSWER_LOSS, VAL_ACCURACY, FLOPS, TOKENS, LR, TOKENS_PER_S, MFU,
-       TRAIN_SECONDS, TRAIN_LOOPS)
+       TRAIN_SECONDS, TRAIN_LOOPS, *PHASE_SECONDS.values())
 
 # After training (evaluate.inference_eval); their step is not an optimizer step but the x of the curve:
 INFER_VAL_LOSS = "infer/val_loss"  # step = n_loops used at inference

@@ -286,6 +286,7 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
     checkpoint that were reported before the interruption are reported again (with the same values), so a sink
     that persists should skip steps it already holds.
     """
+    began = time.perf_counter()
     cfg = load_run_config(run_config) if isinstance(run_config, dict) else run_config
     if cfg.problems():
         raise ConfigError(cfg.problems())
@@ -308,11 +309,15 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
     else:
         writes = checkpoint_dir is not None
     from .data import load_token_data  # imports `datasets`; kept off the package import path
+    phases = dict.fromkeys(metrics.PHASE_SECONDS, 0.0)  # this session's; the checkpoint carries the earlier ones
+    data_began = time.perf_counter()
     data = load_token_data(cfg.data)
     data.require_batch(cfg.train.batch_size)
     val_batches, val_fixed = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)  # host: masks drawn there
     val_answers = data.answer_positions(val_batches, val_fixed)  # prompted tasks: the tokens val/answer_loss scores
     task_problems = _heldout_problems(cfg)
+    data_seconds = time.perf_counter() - data_began
+    phases["data"] = data_seconds
 
     torch.manual_seed(cfg.train.seed)
     model = LoopMDM(cfg.model).to(device)
@@ -325,6 +330,8 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
         checkpoint.restore(resume, model, optimizer)
         start, loss_sum, loss_count = resume.step, resume.state["loss_sum"], resume.state["loss_count"]
         train_seconds = resume.state["train_seconds"]
+        for phase, seconds in resume.state.get("phase_seconds", {}).items():
+            phases[phase] += seconds
         log.info("resumed from %s (step %d of %d)", resume.path, start, run.steps)
     autocast = train_step.autocast
     peak = peak_flops(cfg.train.peak_flops, device)
@@ -353,12 +360,17 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
     loss_acc = torch.zeros((), device=device)  # summed on the device: no host sync per step
     window_start, window_steps, session_seconds = time.perf_counter(), 0, 0.0
     mfu_warned = False
+    phases["startup"] += time.perf_counter() - began - data_seconds
     val_loss = math.nan
     model.train()
     for step in range(start, run.steps):
         lr = lr_at(run.lr_position(step), run.steps, cfg.train)
         x, fixed = data.train_batch(step, cfg.train.batch_size, cfg.train.seed)
         loss_acc += train_step(step, x, lr, fixed, run.loops_at(step))
+        if step == start and cfg.train.compile:  # the first step compiles: its time is compile time, not training
+            loss_acc.item()
+            phases["compile"] += time.perf_counter() - window_start
+            window_start = time.perf_counter()
         failpoints.reached("step")
         window_steps += 1
         done = step + 1
@@ -389,18 +401,23 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
                             "to this device's real peak", mfu, peak)
                 mfu_warned = True
             values[metrics.TRAIN_SECONDS] = train_seconds
+            values.update({metrics.PHASE_SECONDS[k]: v for k, v in phases.items()})
             if run.loops:  # the mean loop count drawn since the last log
                 values[metrics.TRAIN_LOOPS] = sum(run.loops[done - window_steps:done]) / window_steps
             loss_sum, loss_count = 0.0, 0
         if done in evals:
+            eval_began = time.perf_counter()
             scores = evaluate()
+            phases["eval"] += time.perf_counter() - eval_began
             val_loss = scores[metrics.VAL_LOSS]
             values.update(scores)
         sink(done, values)  # before the checkpoint: a crash in between re-reports this step, never loses it
         if done in ckpts and writes:
+            saving = time.perf_counter()
             checkpoint.save(checkpoint_dir, done, model, optimizer,
                             {"loss_sum": loss_sum, "loss_count": loss_count, "train_seconds": train_seconds,
-                             "config": cfg.to_dict()})
+                             "phase_seconds": phases, "config": cfg.to_dict()})
+            phases["checkpoint"] += time.perf_counter() - saving
         window_start, window_steps = time.perf_counter(), 0
 
     if math.isnan(val_loss):  # resumed from the final checkpoint: nothing trained, score the weights

@@ -53,6 +53,10 @@ def main(argv=None) -> int:
         print(f"time: {outcome.seconds:.0f} s wall for {outcome.train_seconds:.0f} s of training steps summed over "
               f"trials (wall/train {outcome.seconds / outcome.train_seconds:.2f}; the rest is start-up, evaluation, "
               f"checkpoints and waiting for a slot)")
+        phases = {name.split("/")[1].removesuffix("_seconds"): v for name, v in outcome.phase_seconds.items() if v}
+        if phases:
+            print("  summed over trials: " + ", ".join(f"{phase} {v:.0f} s" for phase, v in
+                                                       {"train": outcome.train_seconds, **phases}.items()))
     for name, error in outcome.failed.items():
         print(f"  FAILED {name}: {error}")
     print(closing_text(spec.name, outcome))

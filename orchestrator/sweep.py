@@ -43,6 +43,7 @@ class SweepOutcome:
     interrupted: list[str] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the whole sweep invocation
     train_seconds: float = 0.0  # sum over the trials of the time spent in training steps (perf/train_seconds)
+    phase_seconds: dict = field(default_factory=dict)  # perf/<phase>_seconds -> sum over the trials
     experiment_id: str = ""  # the MLflow experiment (tracking.sweep_url gives its page in the UI)
 
     @property
@@ -251,6 +252,8 @@ def _reconcile(client, exp_id: str, parent_id: str, trial_dicts: list[dict], out
     for run in tracking.child_runs(client, exp_id, parent_id):
         run_id, status = run.info.run_id, run.info.status
         outcome.train_seconds += run.data.metrics.get(metrics.TRAIN_SECONDS, 0.0)
+        for name in (*metrics.PHASE_SECONDS.values(), metrics.INFER_SECONDS):
+            outcome.phase_seconds[name] = outcome.phase_seconds.get(name, 0.0) + run.data.metrics.get(name, 0.0)
         name = names.get(run_id, run.info.run_name)
         if name in outcome.failed and status != "FAILED":
             tracking.end_run(client, run_id, "FAILED", outcome.failed[name])

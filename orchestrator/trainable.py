@@ -10,6 +10,7 @@ does not exist on storage anymore").
 
 import json
 import logging
+import time
 import traceback
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def _log_inference(logger: tracking.TrialLogger, cfg, root: Path, infer: dict):
     from loopmdm_core.evaluate import inference_eval, task_eval
     if logger.client.get_metric_history(logger.run_id, metrics.INFER_VAL_LOSS):
         return
+    began = time.perf_counter()
     model, _ = load_model(root, device=pick_device(cfg.train.device))
     data = load_token_data(cfg.data)
     out = inference_eval(model, data, cfg, infer["max_loops"], infer["attention_t"])
@@ -56,6 +58,7 @@ def _log_inference(logger: tracking.TrialLogger, cfg, root: Path, infer: dict):
             series[metrics.TASK_ACCURACY + metrics.schedule_key(row["schedule"])] = [(0, row["accuracy"])]
             series[metrics.TASK_FLOPS + metrics.schedule_key(row["schedule"])] = [(0, row["forward_flops_per_problem"])]
         series[metrics.TASK_PROBLEMS] = [(0, out["task"][0]["problems"])]
+    series[metrics.INFER_SECONDS] = [(0, time.perf_counter() - began)]
     # The artifact is a convenience copy: if the store is down it is skipped (the metrics are spooled).
     tracking.deliver(lambda: logger.client.log_text(logger.run_id, json.dumps(out, indent=2), "inference.json"))
     logger.log_series(series)  # one batch, one transaction: a retried trial finds all of it or none

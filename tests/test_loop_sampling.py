@@ -124,7 +124,8 @@ class Recorder:
         if step == self.stop_at:
             raise KeyboardInterrupt
         self.rows[step] = {k: v for k, v in values.items()
-                           if k not in (metrics.TOKENS_PER_S, metrics.MFU, metrics.TRAIN_SECONDS)}
+                           if k not in (metrics.TOKENS_PER_S, metrics.MFU, metrics.TRAIN_SECONDS,
+                                        *metrics.PHASE_SECONDS.values())}
 
 
 def test_sampled_run_logs_its_flops_follows_them_in_lr_and_resumes_bit_identically(tiny_config, tmp_path):

@@ -9,7 +9,8 @@ from loopmdm_core import checkpoint, metrics
 from loopmdm_core.errors import CheckpointError, ConfigError
 from loopmdm_core.train import plan, train
 
-PERF = (metrics.TOKENS_PER_S, metrics.MFU, metrics.TRAIN_SECONDS)  # wall-clock: differ run to run
+PERF = (metrics.TOKENS_PER_S, metrics.MFU, metrics.TRAIN_SECONDS,  # wall-clock: differ run to run
+        *metrics.PHASE_SECONDS.values())
 
 
 class Recorder:
@@ -119,3 +120,23 @@ def test_two_data_parallel_workers_follow_one_worker(tiny_config, tmp_path):
     assert len(list((tmp_path / "ckpt").iterdir())) >= 1
     with pytest.raises(ConfigError, match="does not split over 2"):  # rank 0 refuses; the others are stopped
         distributed.launch(2, train, (tiny_config(train={"batch_size": 7}),), use_cuda=False)
+
+
+def test_phases_are_timed_and_carried_over_a_resume(tiny_config, tmp_path):
+    """perf/<phase>_seconds beside perf/train_seconds: data, start-up, evaluation and checkpoint time of the run
+    so far; a resumed run carries the earlier sessions' time in its checkpoint and adds its own."""
+    cfg = tiny_config(train={"checkpoint_every": 4})
+    first = Recorder(stop_at=10)
+    seen = {}
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, sink=lambda step, values: (seen.update({step: values}), first(step, values)),
+              checkpoint_dir=tmp_path)
+    before = seen[8]
+    assert before[metrics.PHASE_SECONDS["data"]] > 0 and before[metrics.PHASE_SECONDS["startup"]] > 0
+    assert before[metrics.PHASE_SECONDS["checkpoint"]] > 0 and before[metrics.PHASE_SECONDS["compile"]] == 0
+    after = {}
+    train(cfg, sink=lambda step, values: after.update({step: values}), checkpoint_dir=tmp_path)
+    last = after[max(after)]
+    for phase in ("data", "startup", "checkpoint"):  # this session's own on top of the saved sessions'
+        assert last[metrics.PHASE_SECONDS[phase]] > before[metrics.PHASE_SECONDS[phase]], phase
+    assert last[metrics.PHASE_SECONDS["eval"]] > 0 and last[metrics.TRAIN_SECONDS] > before[metrics.TRAIN_SECONDS]
