@@ -5,7 +5,6 @@ all; state.json records a sha256 of every file, so truncated or altered files ar
 previous checkpoint is used instead. Nothing is unpickled: tensors are safetensors, the rest is JSON.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from . import failpoints
 from .errors import CheckpointError
+from .hashing import sha256_files
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step_(\d{9})$")
@@ -30,14 +30,6 @@ class Checkpoint:
     path: Path
     step: int
     state: dict  # everything state.json holds besides the file checksums
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path):
@@ -78,7 +70,7 @@ def save(root: str | Path, step: int, model, optimizer, state: dict) -> Path:
     save_file(_model_tensors(model), str(tmp / "model.safetensors"))
     opt_tensors, param_groups = _optimizer_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    files = {name: _sha256(tmp / name) for name in ("model.safetensors", "optimizer.safetensors")}
+    files = {name: sha256_files([tmp / name]) for name in ("model.safetensors", "optimizer.safetensors")}
     record = {"step": step, "files": files, "param_groups": param_groups, **state}
     (tmp / "state.json").write_text(json.dumps(record, indent=2))
     for name in (*files, "state.json"):
@@ -104,7 +96,7 @@ def verify(path: Path) -> Checkpoint:
     for name, digest in files.items():
         if not (path / name).exists():
             raise CheckpointError(f"{path}: {name} is missing")
-        if _sha256(path / name) != digest:
+        if sha256_files([path / name]) != digest:
             raise CheckpointError(f"{path}: {name} does not match its checksum (truncated or altered)")
     return Checkpoint(path, step, record)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
+from .hashing import sha256_files
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"shakespeare": ASSETS / "shakespeare.jsonl.xz"}
@@ -25,16 +26,6 @@ class Corpus:
     name: str
     fingerprint: str  # changes whenever the documents may have changed
     documents: object  # datasets.Dataset with a "text" column (and "prompt" when a prompted task is mixed in)
-
-
-def _sha256_files(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_jsonl(path: Path, text_field: str, opener=open) -> list[str]:
@@ -125,7 +116,7 @@ def load_corpus(spec: str, text_field: str = "text", task: str = "", task_proble
                             f"{', '.join('builtin:' + k for k in BUILTIN)}")
         path = BUILTIN[name]
         texts = _read_jsonl(path, "text", opener=lzma.open)
-        return Corpus(spec, _sha256_files([path]), datasets.Dataset.from_dict({"text": texts}))
+        return Corpus(spec, sha256_files([path], with_names=True), datasets.Dataset.from_dict({"text": texts}))
     if spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")
         try:
@@ -149,4 +140,4 @@ def load_corpus(spec: str, text_field: str = "text", task: str = "", task_proble
     texts = [text for p in files for text in _read_file(p, text_field)]
     if not texts:
         raise DataError(f"data.corpus: {spec} holds no text")
-    return Corpus(str(path.resolve()), _sha256_files(files), datasets.Dataset.from_dict({"text": texts}))
+    return Corpus(str(path.resolve()), sha256_files(files, with_names=True), datasets.Dataset.from_dict({"text": texts}))

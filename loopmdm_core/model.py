@@ -76,6 +76,9 @@ class ModelConfig:
         return p
 
 
+BASELINES = ("same_size", "depth_matched")  # the baselines a looped config is compared with (functions below)
+
+
 def plain(cfg: ModelConfig, n_layers: int) -> ModelConfig:
     # A non-looped model is written with the canonical loop [0, n_layers) x 1, so configs that describe the
     # same network compare equal (a sweep then trains a baseline shared by several loop configs once).

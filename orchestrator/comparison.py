@@ -12,11 +12,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
 from loopmdm_core import metrics
+from loopmdm_core.model import BASELINES
 
 from . import isoflops as iso
 from .sweep_data import SweepData, TrialRecord
 
-BASELINES = ("same_size", "depth_matched")
 LOSS_NAMES = {
     metrics.VAL_LOSS: "validation negative ELBO (val/loss, nats/token; lower is better)",
     metrics.VAL_ANSWER_LOSS: "validation negative ELBO on answer tokens only (val/answer_loss, nats per answer "

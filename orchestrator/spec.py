@@ -24,10 +24,9 @@ from loopmdm_core import loop_sampling, metrics, schedules
 from loopmdm_core.config import RunConfig, flatten, from_dict, read_yaml
 from loopmdm_core.errors import ConfigError, DataError
 from loopmdm_core.tasks import parse_spec
-from loopmdm_core.model import ModelConfig, depth_matched, same_size
+from loopmdm_core.model import BASELINES, ModelConfig, depth_matched, same_size
 from loopmdm_core.train import RunPlan, plan
 
-BASELINES = ("same_size", "depth_matched")
 LOOP_KEYS = ("loop_start", "loop_end", "n_loops")
 LOOP_OPTIONS = ("loop_sampling", "loop_backprop")  # how a looped variant trains; its baselines train fixed
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")

@@ -160,10 +160,6 @@ def end_run(client: MlflowClient, run_id: str, status: str, error: str | None = 
     client.set_terminated(run_id, status=status)
 
 
-def run_status(client: MlflowClient, run_id: str) -> str:
-    return client.get_run(run_id).info.status
-
-
 def spool_dir() -> Path:
     """Where metrics that could not be delivered wait for `orchestrator/replay.py`: $LOOPMDM_SPOOL, else
     ~/.cache/loopmdm/mlflow_spool (on the machine that ran the trial)."""

@@ -37,7 +37,7 @@ def _collect(results, outcome):
             outcome.finished.append(name)
 
 
-def _fit(spec, trainable, param_space, path: Path, resume: bool, tune_config, run_config):
+def _fit(trainable, param_space, path: Path, resume: bool, tune_config, run_config):
     if resume and tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=param_space,
                                    resume_unfinished=True, resume_errored=True)
@@ -52,7 +52,7 @@ def run_grid(spec, trial_dicts: list[dict], path: Path, resume: bool, verbose: i
     tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
                                   trial_name_creator=_trial_name,
                                   trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
-    results = _fit(spec, _trainable(spec), {"trial": tune.grid_search(trial_dicts)}, path, resume,
+    results = _fit(_trainable(spec), {"trial": tune.grid_search(trial_dicts)}, path, resume,
                    tune_config, _run_config(spec, path.parent, path.name, verbose))
     _collect(results, outcome)
 
@@ -82,7 +82,7 @@ def run_search(spec, trial_dicts: list[dict], storage: Path, resume: bool, verbo
                                       max_concurrent_trials=spec.max_concurrent or None,
                                       trial_name_creator=_trial_name,
                                       trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
-        results = _fit(spec, _trainable(spec), space, storage / cell, resume, tune_config,
+        results = _fit(_trainable(spec), space, storage / cell, resume, tune_config,
                        _run_config(spec, storage, cell, verbose))
         for result in results:
             name = f"{trial['name']}[{json.dumps(result.config.get('search', {}), sort_keys=True)}]"
