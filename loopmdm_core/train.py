@@ -27,7 +27,7 @@ from .attention import resolve_backend
 from .config import RunConfig, load_run_config
 from .errors import CheckpointError, ConfigError, LoopMDMError
 from .model import LoopMDM
-from .schedule import lr_at
+from .lr_schedule import lr_at
 from .tokenizer import mask_id, model_vocab_size
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from loopmdm_core import flops, loop_sampling, metrics
 from loopmdm_core.errors import ConfigError
 from loopmdm_core.model import LoopMDM, ModelConfig, depth_matched
-from loopmdm_core.schedule import lr_at
+from loopmdm_core.lr_schedule import lr_at
 from loopmdm_core.train import plan, train
 
 CFG = ModelConfig(n_layers=4, d_model=32, n_heads=4, loop_start=1, loop_end=3, n_loops=2, vocab_size=64)
