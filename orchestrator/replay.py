@@ -44,8 +44,7 @@ def replay_file(client, path: Path) -> int:
             if r["step"] not in held:
                 held.add(r["step"])
                 batch.append(Metric(key, float(r["value"]), int(r["timestamp"]), int(r["step"])))
-    for i in range(0, len(batch), 1000):
-        client.log_batch(run_id, metrics=batch[i:i + 1000])
+    tracking.log_metrics(client, run_id, batch)
     if status is not None:
         tracking.end_run(client, run_id, status["status"], status.get("error"))
     path.unlink()

@@ -160,6 +160,15 @@ def end_run(client: MlflowClient, run_id: str, status: str, error: str | None = 
     client.set_terminated(run_id, status=status)
 
 
+MAX_BATCH_METRICS = 1000  # MLflow's log_batch takes at most this many metrics per call
+
+
+def log_metrics(client: MlflowClient, run_id: str, batch: list):
+    """Log `batch` (mlflow Metric objects) in as few log_batch calls as MLflow allows."""
+    for i in range(0, len(batch), MAX_BATCH_METRICS):
+        client.log_batch(run_id, metrics=batch[i:i + MAX_BATCH_METRICS])
+
+
 def spool_dir() -> Path:
     """Where metrics that could not be delivered wait for `orchestrator/replay.py`: $LOOPMDM_SPOOL, else
     ~/.cache/loopmdm/mlflow_spool (on the machine that ran the trial)."""
@@ -216,14 +225,14 @@ class TrialLogger:
         """Curves whose step is not an optimizer step (e.g. loss per inference loop count), in one batch."""
         now_ms = int(time.time() * 1000)
         batch = [Metric(key, float(v), now_ms, int(s)) for key, points in series.items() for s, v in points]
-        if len(batch) > 1000:
+        if len(batch) > MAX_BATCH_METRICS:
             raise ValueError(f"{len(batch)} metrics: more than one log_batch call takes")
         if not deliver(lambda: self.client.log_batch(self.run_id, metrics=batch)):
             self._spool(batch)
 
     def flush(self):
-        for i in range(0, len(self._buffer), 1000):  # log_batch takes at most 1000 metrics per call
-            chunk = self._buffer[i:i + 1000]
+        for i in range(0, len(self._buffer), MAX_BATCH_METRICS):
+            chunk = self._buffer[i:i + MAX_BATCH_METRICS]
             failpoints.reached("mlflow_log")
             if not deliver(lambda: self.client.log_batch(self.run_id, metrics=chunk)):
                 self._spool(chunk)
@@ -495,6 +504,5 @@ def describe_sweep(client: MlflowClient, parent_run_id: str, markdown_table: str
               f"(`{HEADLINE}...`)." if batch else "")
     note = _fit([lead, report], table, (logged, details))
     client.set_tag(parent_run_id, NOTE_TAG, note)
-    for i in range(0, len(batch), 1000):
-        client.log_batch(parent_run_id, metrics=batch[i:i + 1000])
+    log_metrics(client, parent_run_id, batch)
     return note
