@@ -216,17 +216,21 @@ def comparisons(comparison: Comparison) -> list[Verdicts]:
     difference and its speedup, and against same-size that of its held-out accuracy gap (when logged)."""
     accuracy = {(a.label, a.budget): a for a in comparison.accuracy}
     out = []
+    for r, variant, v in baseline_pairs(comparison):
+        verdicts = {"loss difference": v.difference_verdict(), "speedup": v.speedup.verdict()}
+        a = accuracy.get((r.label, r.budget))
+        if variant == "same_size" and a is not None and a.gap is not None:
+            verdicts["held-out accuracy gap"] = a.gap_verdict()
+        out.append(Verdicts(r.label, v.baseline, r.budget, v.speedup.seeds, verdicts))
+    return out
+
+
+def baseline_pairs(comparison: Comparison):
+    """(row, baseline variant, its Versus) for every looped config and each baseline the sweep has for it."""
     for r in comparison.rows:
         for variant in BASELINES:
-            v = r.versus.get(variant)
-            if v is None:
-                continue
-            verdicts = {"loss difference": v.difference_verdict(), "speedup": v.speedup.verdict()}
-            a = accuracy.get((r.label, r.budget))
-            if variant == "same_size" and a is not None and a.gap is not None:
-                verdicts["held-out accuracy gap"] = a.gap_verdict()
-            out.append(Verdicts(r.label, v.baseline, r.budget, v.speedup.seeds, verdicts))
-    return out
+            if r.versus.get(variant) is not None:
+                yield r, variant, r.versus[variant]
 
 
 def noise_summary(comparison: Comparison) -> tuple[list[str], dict]:
@@ -326,15 +330,11 @@ def noise_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Per loop config and baseline: the baseline's seed-to-seed spread, the paired loss difference and the
     verdicts of it and of the speedup."""
     rows = []
-    for r in comparison.rows:
-        for variant in BASELINES:
-            v = r.versus.get(variant)
-            if v is None:
-                continue
-            spread = (f"{v.baseline_loss:.4f} ± {v.baseline_std:.4f}" if v.baseline_std is not None
-                      else f"{v.baseline_loss:.4f} (1 seed: no spread)")
-            rows.append([r.label, f"{r.budget:.3g}", v.baseline, str(v.speedup.seeds), spread, _difference_cell(v),
-                         v.difference_verdict(), v.speedup.verdict()])
+    for r, _, v in baseline_pairs(comparison):
+        spread = (f"{v.baseline_loss:.4f} ± {v.baseline_std:.4f}" if v.baseline_std is not None
+                  else f"{v.baseline_loss:.4f} (1 seed: no spread)")
+        rows.append([r.label, f"{r.budget:.3g}", v.baseline, str(v.speedup.seeds), spread, _difference_cell(v),
+                     v.difference_verdict(), v.speedup.verdict()])
     return NOISE_HEADERS, rows
 
 
