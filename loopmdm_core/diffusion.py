@@ -196,14 +196,15 @@ def validation_losses(model, batches: list[torch.Tensor], mask_id: int, n_t: int
     total, tokens, answer_total, answer_tokens = 0.0, 0, 0.0, 0
     for i, x in enumerate(batches):
         x = x.cpu()  # masks are drawn on the host (no-op for the host batches the callers keep)
+        answers = None if scored is None else scored[i].reshape(-1).to(device)  # once per batch, not per t
         for t_value in grid:
             t = t_value.expand(x.shape[0])
             batch = noise_batch(x, t, mask_id, generator, fixed=None if fixed is None else fixed[i]).to(device)
             with autocast() if autocast else contextlib.nullcontext():
                 h = masked_hidden(model, batch, n_loops)
                 total += linear_cross_entropy(h, head, batch.targets, batch.weight).item()
-                if scored is not None:
-                    keep = scored[i].reshape(-1).to(device)[batch.index]
+                if answers is not None:
+                    keep = answers[batch.index]
                     answer_total += linear_cross_entropy(h, head, batch.targets, batch.weight * keep).item()
             tokens += x.numel()
         if scored is not None:
