@@ -82,3 +82,18 @@ def start_mlflow_server(db_path, port: int | None = None):
         except OSError:
             assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
             time.sleep(0.5)
+
+
+class Recorder:
+    """A trainer sink that keeps each step's metrics, wall-clock ones left out (they differ run to run), and
+    raises KeyboardInterrupt at `stop_at`: what a killed run looks like from inside, it stops mid-loop."""
+
+    def __init__(self, stop_at=None):
+        self.rows, self.stop_at = {}, stop_at
+
+    def __call__(self, step, values):
+        from loopmdm_core import metrics
+        if step == self.stop_at:
+            raise KeyboardInterrupt
+        wall_clock = (metrics.TOKENS_PER_S, metrics.MFU, metrics.TRAIN_SECONDS, *metrics.PHASE_SECONDS.values())
+        self.rows[step] = {k: v for k, v in values.items() if k not in wall_clock}

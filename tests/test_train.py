@@ -9,18 +9,7 @@ from loopmdm_core import checkpoint, metrics
 from loopmdm_core.errors import CheckpointError, ConfigError
 from loopmdm_core.train import plan, train
 
-PERF = (metrics.TOKENS_PER_S, metrics.MFU, metrics.TRAIN_SECONDS,  # wall-clock: differ run to run
-        *metrics.PHASE_SECONDS.values())
-
-
-class Recorder:
-    def __init__(self, stop_at=None):
-        self.rows, self.stop_at = {}, stop_at
-
-    def __call__(self, step, values):
-        if step == self.stop_at:
-            raise KeyboardInterrupt  # what a killed run looks like from inside: it stops mid-loop
-        self.rows[step] = {k: v for k, v in values.items() if k not in PERF}
+from conftest import Recorder
 
 
 def test_training_reports_every_metric_and_learns(tiny_config):
