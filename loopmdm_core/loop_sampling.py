@@ -39,11 +39,8 @@ class Sampler:
             return (self.a + self.b) / 2
         return self.a
 
-    def draws(self, seed: int, steps: int) -> np.ndarray:
-        """Loop counts of optimizer steps 0..steps-1 (int64); each one a function of (seed, step) only."""
-        return np.array([self.draw(seed, s) for s in range(steps)], dtype=np.int64)
-
     def draw(self, seed: int, step: int) -> int:
+        """The loop count of optimizer step `step` (0-based): a function of (seed, step) only."""
         rng = np.random.default_rng(_step_seed(seed, step))
         if self.kind == "uniform":
             return int(rng.integers(int(self.a), int(self.b) + 1))

@@ -16,17 +16,23 @@ from loopmdm_core.model import LoopMDM, ModelConfig, depth_matched
 from loopmdm_core.lr_schedule import lr_at
 from loopmdm_core.train import plan, train
 
+from conftest import Recorder
+
+def draws(sampler, seed: int, steps: int) -> np.ndarray:
+    return np.array([sampler.draw(seed, s) for s in range(steps)])
+
+
 CFG = ModelConfig(n_layers=4, d_model=32, n_heads=4, loop_start=1, loop_end=3, n_loops=2, vocab_size=64)
 
 
 def test_uniform_draws_every_count_equally_and_is_seeded():
     sampler = loop_sampling.parse("uniform:1:4")
-    draws = sampler.draws(seed=3, steps=8000)
-    counts = np.bincount(draws, minlength=5)[1:]
-    assert counts.sum() == 8000 and set(draws) == {1, 2, 3, 4}
+    drawn = draws(sampler, seed=3, steps=8000)
+    counts = np.bincount(drawn, minlength=5)[1:]
+    assert counts.sum() == 8000 and set(drawn) == {1, 2, 3, 4}
     assert np.abs(counts / 8000 - 0.25).max() < 0.02  # 4 sigma of a binomial share at n = 8000 is 0.019
-    assert (sampler.draws(3, 100) == draws[:100]).all()  # a step's draw depends on (seed, step) alone
-    assert not (loop_sampling.parse("uniform:1:4").draws(4, 100) == draws[:100]).all()
+    assert (draws(sampler, 3, 100) == drawn[:100]).all()  # a step's draw depends on (seed, step) alone
+    assert not (draws(loop_sampling.parse("uniform:1:4"), 4, 100) == drawn[:100]).all()
     assert sampler.mean(2) == 2.5
 
 
@@ -34,11 +40,11 @@ def test_poisson_lognormal_has_hugins_mean_and_variance():
     """n = 1 + Poisson(lambda), log lambda ~ N(log(M - 1) - s^2/2, s): E[n] = M and, by the law of total
     variance, Var[n] = E[lambda] + Var[lambda] = (M - 1) + (M - 1)^2 (e^{s^2} - 1)."""
     mean, sigma = 3.0, 0.5
-    draws = loop_sampling.parse(f"poisson_lognormal:{mean}:{sigma}").draws(seed=0, steps=20000)
+    drawn = draws(loop_sampling.parse(f"poisson_lognormal:{mean}:{sigma}"), seed=0, steps=20000)
     var = (mean - 1) + (mean - 1) ** 2 * (math.exp(sigma ** 2) - 1)
-    assert draws.min() >= 1
-    assert abs(draws.mean() - mean) < 4 * math.sqrt(var / 20000)
-    assert abs(draws.var() - var) / var < 0.1
+    assert drawn.min() >= 1
+    assert abs(drawn.mean() - mean) < 4 * math.sqrt(var / 20000)
+    assert abs(drawn.var() - var) / var < 0.1
 
 
 @pytest.mark.parametrize("spec", ["uniform:0:2", "uniform:3:2", "uniform:1.5:2", "poisson_lognormal:1:0.5",
@@ -114,18 +120,6 @@ def test_truncated_backprop_matches_a_hand_written_reference():
     model.zero_grad()
     model(x, n_loops=3).pow(2).sum().backward()
     assert all(torch.equal(full[n], p.grad) for n, p in model.named_parameters() if n in full)
-
-
-class Recorder:
-    def __init__(self, stop_at=None):
-        self.rows, self.stop_at = {}, stop_at
-
-    def __call__(self, step, values):
-        if step == self.stop_at:
-            raise KeyboardInterrupt
-        self.rows[step] = {k: v for k, v in values.items()
-                           if k not in (metrics.TOKENS_PER_S, metrics.MFU, metrics.TRAIN_SECONDS,
-                                        *metrics.PHASE_SECONDS.values())}
 
 
 def test_sampled_run_logs_its_flops_follows_them_in_lr_and_resumes_bit_identically(tiny_config, tmp_path):
