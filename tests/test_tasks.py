@@ -104,20 +104,59 @@ def test_prompted_task_rows(tiny_config):
                                           "seq_len": 8}).data)
 
 
-def test_task_accuracy_pipeline_counts_flops(tmp_path):
+def _oracle(tokenizer, scripts: dict[str, list[int]]):
+    """A stand-in for LoopMDM that knows the answers: for a row whose head is one of the `scripts`' prompts it
+    puts all probability on that script (token ids after the prompt), whatever is still masked."""
     import torch
 
+    from loopmdm_core.model import ModelConfig
+
+    class Oracle(torch.nn.Module):
+        cfg = ModelConfig(n_layers=2, d_model=32, n_heads=2, loop_start=0, loop_end=1, n_loops=2, vocab_size=50304)
+
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))  # sample() reads the device off a parameter
+            self.scripts = [(tokenizer.encode_batch([prompt])[0], ids) for prompt, ids in scripts.items()]
+
+        def forward(self, x, n_loops=None):
+            return x
+
+        def logits(self, x):
+            out = torch.zeros(*x.shape, self.cfg.vocab_size)
+            for r, row in enumerate(x.tolist()):
+                prompt, script = next((p, s) for p, s in self.scripts if row[:len(p)] == p)
+                for j, token in enumerate(script[:len(row) - len(prompt)]):
+                    out[r, len(prompt) + j, token] = 50.0
+            return out
+
+    return Oracle()
+
+
+def test_task_accuracy_is_exact_match_cut_at_the_end_of_document():
+    """Known answers: an oracle answers four problems right; wrong; end of document then the right answer (cut:
+    wrong); right, end of document, then junk digits (right). Accuracy 2/4 at any batch size, and the FLOPs are
+    the per-token forward cost x tokens, summed over calls: one call per answer token (one revealed a step)."""
+    from loopmdm_core import flops
     from loopmdm_core.evaluate import task_accuracy
-    from loopmdm_core.model import LoopMDM, ModelConfig
     from loopmdm_core.tokenizer import GPT2Tokenizer
 
-    torch.manual_seed(0)
     tok = GPT2Tokenizer()
-    model = LoopMDM(ModelConfig(n_layers=2, d_model=32, n_heads=2, loop_start=0, loop_end=1, n_loops=2,
-                                vocab_size=50304))
-    problems = tasks.arithmetic(3, "test")
-    out = task_accuracy(model, tok, problems, mask_id=50257, answer_tokens=3, n_steps=3)
-    assert out["problems"] == 3 and 0.0 <= out["accuracy"] <= 1.0 and out["forward_flops"] > 0
+    eos, n = tok.eos_id, 4  # n: answer tokens generated, and denoising steps
+    problems = tasks.arithmetic(4, "test")
+    enc = lambda text: tok.encode_batch([text])[0]
+    scripts = {problems[0].prompt: enc(problems[0].answer) + [eos] * n,
+               problems[1].prompt: enc(str(int(problems[1].answer) + 1)) + [eos] * n,
+               problems[2].prompt: [eos] + enc(problems[2].answer) + [eos] * n,
+               problems[3].prompt: enc(problems[3].answer) + [eos] + enc("7") * n}
+    model = _oracle(tok, scripts)
+    lengths = [len(enc(p.prompt)) + n for p in problems]
+    expected_flops = sum(n * flops.forward_flops_per_token(model.cfg, length, 2) * length for length in lengths)
+    for batch_size in (1, 4):
+        out = task_accuracy(model, tok, problems, mask_id=50257, answer_tokens=n, n_steps=n, batch_size=batch_size)
+        assert out == {"accuracy": 0.5, "problems": 4, "forward_flops": expected_flops}, batch_size
+    every = _oracle(tok, {p.prompt: enc(p.answer) + [eos] * n for p in problems})
+    assert task_accuracy(every, tok, problems, mask_id=50257, answer_tokens=n, n_steps=n)["accuracy"] == 1.0
 
 
 def _hops_by_hand(seq: str, hops: int) -> str | None:
