@@ -14,6 +14,7 @@ if __package__ in (None, ""):  # run as a script from a checkout: make `orchestr
 
 from loopmdm_core.errors import LoopMDMError  # noqa: E402
 from orchestrator import spec as specs  # noqa: E402
+from orchestrator import trials as trial_specs  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,8 +24,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's tracking.uri, then "
                                                "MLFLOW_TRACKING_URI, then sqlite:///mlflow.db here)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--resume", action="store_true", help="resume an interrupted sweep (the default whenever "
-                                                              "its results folder exists; kept for explicitness)")
+    parser.add_argument("--resume", action="store_true", help="resume an interrupted sweep, and fail if there is none "
+                                                              "to resume (without it: resumed when its results "
+                                                              "folder exists, started otherwise)")
     parser.add_argument("--restart", action="store_true", help="discard the sweep's Ray results and start over "
                                                                "(new MLflow runs; the old ones stay)")
     parser.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1:8265")
@@ -35,14 +37,15 @@ def main(argv=None) -> int:
         parser.error("--resume and --restart contradict each other")
     try:
         spec = specs.load(args.sweep)
-        trials, later = specs.expand(spec), specs.later_trials(spec)  # later: after an lr ladder, lr to be chosen
+        # Expanded once, here: the dry run prints these trials and the sweep runs them.
+        trials, later = trial_specs.expand(spec), trial_specs.later_trials(spec)  # later: an lr ladder's, lr to come
         total = sum(t.plan.total_flops for t in trials + later)
         print(f"sweep {spec.name!r}: {len(trials) + len(later)} trials, {total:.3g} training FLOPs in all")
         if args.dry_run:
-            print(specs.dry_run_text(spec, trials, later))
+            print(trial_specs.dry_run_text(spec, trials, later))
             return 0
         from orchestrator import sweep
-        outcome = sweep.run(spec, tracking_uri=args.tracking_uri, address=args.address, restart=args.restart,
+        outcome = sweep.run(spec, trials, later, tracking_uri=args.tracking_uri, address=args.address, restart=args.restart, resume_only=args.resume,
                             dashboard=args.dashboard, verbose=0 if args.quiet else 1)
     except LoopMDMError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,31 +1,25 @@
-"""Sweep files: parse and validate the YAML, expand the grid, derive the baselines.
+"""Sweep files: parse and validate the YAML into a typed SweepSpec.
 
 A sweep is data only (no expressions): a `base` run config with the core's schema, the looped variants (a
-grid or a list), the baselines to derive, budgets and seeds. Expansion gives one complete, validated run
-config per trial. Every problem of the file is reported at once, each naming its YAML path, before any
-compute starts.
+grid or a list), the baselines to derive, budgets and seeds. Every problem of the file is reported at once,
+each naming its YAML path, before any compute starts. `trials.expand` turns the spec into its trials.
 
 With `lr_ladder:` a sweep has two stages: the ladder (every variant at every listed lr, at the smallest
 budget) and then the larger budgets, each variant at the lr whose seed-mean final validation loss was lowest
-in the ladder (`choose_lrs`). `expand` gives the ladder, `later_trials` the rest once the choice is known.
+in the ladder (`lr_ladder.choose_lrs`).
 """
 
 import dataclasses
 import difflib
-import hashlib
 import itertools
-import json
-import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loopmdm_core import loop_sampling, metrics, schedules
+from loopmdm_core import loop_sampling, schedules
 from loopmdm_core.config import RunConfig, flatten, from_dict, read_yaml
 from loopmdm_core.errors import ConfigError, DataError
 from loopmdm_core.tasks import parse_spec
-from loopmdm_core.model import BASELINES, ModelConfig, depth_matched, same_size
-from loopmdm_core.train import RunPlan, plan
+from loopmdm_core.model import BASELINES, ModelConfig
 
 LOOP_KEYS = ("loop_start", "loop_end", "n_loops")
 LOOP_OPTIONS = ("loop_sampling", "loop_backprop")  # how a looped variant trains; its baselines train fixed
@@ -38,11 +32,6 @@ SWEPT_HINTS = {"loop_sampling": " (per looped variant, e.g. loops: [{loop_start:
                "loop_backprop": " (per looped variant, e.g. loops: [{..., loop_backprop: 2}])",
                "budget_flops": " (list the training budgets under budgets:)", "seed": " (list them under seeds:)",
                "lr": " (or drop lr_ladder: to train every trial at base.train.lr)"}
-
-# Trial tags beyond the identity ones (TrialSpec.tags); the report reads them.
-LR_TAG = "loopmdm.lr"  # the trial's learning rate, str(float)
-LADDER_TAG = "loopmdm.lr_ladder"  # lr_ladder sweeps only: candidate (a ladder lr not chosen) or chosen
-LR_CHOICE_TAG = "loopmdm.lr_choice"  # on the parent run: JSON {variant label: chosen lr}
 
 
 @dataclass(frozen=True)
@@ -112,33 +101,16 @@ class LoopVariant:
     loop_sampling: str = "fixed"  # train.loop_sampling of this variant only
     loop_backprop: int = 0  # train.loop_backprop of this variant only
 
+    def model(self, base: ModelConfig) -> ModelConfig:
+        """The base network with this loop."""
+        return dataclasses.replace(base, loop_start=self.loop_start, loop_end=self.loop_end, n_loops=self.n_loops)
+
     def as_list(self) -> list:
         """For the parent run's params: fixed, fully backpropagated loops keep the [start, end, n] form that
         sweeps logged before loop sampling existed."""
         short = [self.loop_start, self.loop_end, self.n_loops]
         return short if (self.loop_sampling, self.loop_backprop) == ("fixed", 0) else \
             short + [self.loop_sampling, self.loop_backprop]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A model and how it trains, the same at every budget, seed and lr: what the report compares, and what
-    an lr ladder chooses one lr for. Its label names it uniquely within a sweep."""
-    kind: str  # loop | same_size | depth_matched
-    model: ModelConfig
-    loop_sampling: str = "fixed"
-    loop_backprop: int = 0
-    mean_loops: float = 1.0  # E[loop count] of a training step
-
-    @property
-    def label(self) -> str:
-        return variant_label(self.kind, self.model, self.loop_sampling, self.loop_backprop)
-
-    @property
-    def applied_layers(self) -> int:
-        """Layer applications per token, the depth of the depth-matched baseline this variant pairs with (the
-        report pairs by it): a sampled count's mean, rounded to a whole layer as depth_matched does."""
-        return depth_matched(self.model, self.mean_loops).n_layers if self.kind == "loop" else self.model.n_layers
 
 
 @dataclass(frozen=True)
@@ -161,59 +133,6 @@ class SweepSpec:
 
 
 SWEEP_KEYS = [f.name for f in dataclasses.fields(SweepSpec) if f.name != "source"]  # what a sweep file may hold
-
-@dataclass(frozen=True)
-class TrialSpec:
-    key: str  # stable hash of the full run config: the identity of the trial (MLflow tag loopmdm.trial_key)
-    variant: str  # loop | same_size | depth_matched
-    label: str  # loop[1,3)x2, loop[1,3)x2~uniform:1:3/bp2, same_size(4L), depth_matched(6L)
-    group: str  # the trials compared with each other: same budget and seed
-    seed: int
-    budget_flops: float
-    config: RunConfig
-    plan: RunPlan
-    mean_loops: float  # E[loop count] of a training step
-    applied_layers: int  # Variant.applied_layers
-    lr_ladder: str = ""  # "": no ladder; candidate: a ladder trial (until chosen); chosen: trained at the chosen lr
-
-    @property
-    def lr(self) -> float:
-        return self.config.train.lr
-
-    @property
-    def name(self) -> str:
-        """The run's name: in a ladder sweep the lr tells apart the trials of one variant at one budget."""
-        name = f"{self.label}-b{self.budget_flops:.3g}-s{self.seed}"
-        return f"{name}-lr{self.lr:g}" if self.lr_ladder else name
-
-    @property
-    def tags(self) -> dict[str, str]:
-        tags = {"loopmdm.role": "trial", "loopmdm.variant": self.variant, "loopmdm.label": self.label,
-                "loopmdm.group": self.group, "loopmdm.seed": str(self.seed),
-                "loopmdm.budget_flops": f"{self.budget_flops:g}", "loopmdm.trial_key": self.key,
-                LR_TAG: str(self.lr)}
-        return {**tags, LADDER_TAG: self.lr_ladder} if self.lr_ladder else tags
-
-    @property
-    def derived(self) -> dict:
-        """MLflow params the config implies. applied_layers is the (rounded mean) depth the report pairs a loop
-        with its depth-matched baseline by; flops_per_token is the mean over the run's steps when sampled."""
-        return {"derived.params": self.plan.params, "derived.flops_per_token": self.plan.flops_per_token,
-                "derived.steps": self.plan.steps, "derived.applied_layers": self.applied_layers,
-                "derived.mean_loops": self.mean_loops}
-
-
-def trial_key(cfg: RunConfig) -> str:
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def variant_label(variant: str, model, sampling: str = "fixed", backprop: int = 0) -> str:
-    if variant == "loop":
-        label = f"loop[{model.loop_start},{model.loop_end})x{model.n_loops}"
-        label += "" if sampling == "fixed" else f"~{sampling}"
-        return label + (f"/bp{backprop}" if backprop else "")
-    return f"{variant}({model.n_layers}L)"
-
 
 # ---------------------------------------------------------------------------------------------- parsing
 
@@ -452,16 +371,13 @@ def parse(data: dict, source: str = "") -> SweepSpec:
         problems.append("resources.workers: a fraction of a GPU cannot hold several workers")
     if spec.max_concurrent < 0 or spec.max_failures < 0:
         problems.append("max_concurrent/max_failures: must be >= 0")
-    n_layers = base.model.n_layers
-    for loop, path in loops:
-        start, end, n = loop.loop_start, loop.loop_end, loop.n_loops
-        where = f"{path} (loop_start={start}, loop_end={end}, n_loops={n})"
-        if end > n_layers:
-            problems.append(f"{where}: loop_end {end} > base.model.n_layers={n_layers}")
-        elif start >= end:
-            problems.append(f"{where}: empty loop, need loop_start < loop_end (list the valid combinations "
-                            f"under loops: as a list instead of a grid)")
-        if n < 2:
+    for loop, path in loops:  # the core's own check of the loop range, said where the loop is in the file
+        where = f"{path} (loop_start={loop.loop_start}, loop_end={loop.loop_end}, n_loops={loop.n_loops})"
+        problems.extend(f"{where}: {p}" for p in loop.model(base.model).problems())
+        if loop.loop_start >= loop.loop_end and isinstance(loops_raw, dict):
+            problems.append(f"{where}: a grid combines every loop_start with every loop_end; list the valid "
+                            f"combinations under loops: as a list instead")
+        if loop.n_loops < 2:
             problems.append(f"{where}: n_loops must be >= 2 for a looped variant (n_loops=1 is the "
                             f"same_size baseline: list it under baselines)")
     if infer and infer.task.problems and not infer.task.test and not base.data.task:
@@ -512,158 +428,3 @@ def load(path: str | Path) -> SweepSpec:
     path = Path(path)
     data = read_yaml(path)
     return parse(data, source=path.read_text(encoding="utf-8"))
-
-
-# ---------------------------------------------------------------------------------------------- expansion
-
-def variants(spec: SweepSpec) -> list[Variant]:
-    """Each looped variant followed by its baselines, in the order of loops:, each distinct one once (a baseline
-    shared by several loop configs is one variant). The baselines train with fixed loops and full backprop;
-    a sampled loop's depth-matched baseline has its mean applied depth, rounded to a whole layer."""
-    found: dict[str, Variant] = {}
-    for loop in spec.loops:
-        model = dataclasses.replace(spec.base.model, loop_start=loop.loop_start, loop_end=loop.loop_end,
-                                    n_loops=loop.n_loops)
-        mean = loop_sampling.parse(loop.loop_sampling).mean(loop.n_loops)
-        derived = {"same_size": same_size(model), "depth_matched": depth_matched(model, mean_loops=mean)}
-        for v in [Variant("loop", model, loop.loop_sampling, loop.loop_backprop, mean)] + \
-                 [Variant(name, derived[name]) for name in spec.baselines]:
-            found.setdefault(v.label, v)
-    return list(found.values())
-
-
-def _expand(spec: SweepSpec, budgets, lrs_of, lr_ladder: str = "") -> list[TrialSpec]:
-    """One TrialSpec per (budget, seed, variant, lr in lrs_of(label)); identical run configs appear once.
-    Order: budgets, seeds, then loops each followed by its baselines, then lrs."""
-    trials: dict[str, TrialSpec] = {}
-    problems = []
-    for budget, seed in itertools.product(budgets, spec.seeds):
-        group = f"b{budget:.3g}-s{seed}"
-        for v in variants(spec):
-            for lr in lrs_of(v.label):
-                train = dataclasses.replace(spec.base.train, budget_flops=budget, seed=seed, lr=lr,
-                                            loop_sampling=v.loop_sampling, loop_backprop=v.loop_backprop)
-                cfg = dataclasses.replace(spec.base, model=v.model, train=train)
-                key = trial_key(cfg)
-                if key in trials:
-                    continue
-                try:
-                    run_plan = plan(cfg)
-                except ConfigError as e:
-                    problems.extend(f"budgets: {budget:g} for {v.label}: {p}" for p in e.problems)
-                    continue
-                trials[key] = TrialSpec(key, v.kind, v.label, group, seed, budget, cfg, run_plan, v.mean_loops,
-                                        v.applied_layers, lr_ladder)
-    if problems:
-        raise ConfigError(list(dict.fromkeys(problems)))  # the same budget fails the same way at every seed and lr
-    return list(trials.values())
-
-
-def ladder_budget(spec: SweepSpec) -> float:
-    return min(spec.budgets)
-
-
-def expand(spec: SweepSpec) -> list[TrialSpec]:
-    """The trials whose configs are known before any training: all of them; with lr_ladder, the ladder (stage
-    1: the smallest budget, every variant at every lr of the ladder, every seed)."""
-    if spec.lr_ladder is None:
-        return _expand(spec, spec.budgets, lambda label: (spec.base.train.lr,))
-    return _expand(spec, (ladder_budget(spec),), lambda label: spec.lr_ladder.values, "candidate")
-
-
-def later_trials(spec: SweepSpec, chosen: dict[str, float] | None = None) -> list[TrialSpec]:
-    """Stage 2 of an lr_ladder sweep (none without a ladder): every larger budget, each variant at the lr
-    `chosen` for it by its label (a variant without one, whose every ladder trial failed, has none).
-    chosen=None: the ladder's first lr stands in for the choice to come (steps and FLOPs do not depend on the
-    lr), for the dry run, and to check every budget before any compute."""
-    if spec.lr_ladder is None:
-        return []
-    larger = tuple(b for b in spec.budgets if b > ladder_budget(spec))
-    if chosen is None:
-        return _expand(spec, larger, lambda label: spec.lr_ladder.values[:1], "chosen")
-    return _expand(spec, larger, lambda label: (chosen[label],) if label in chosen else (), "chosen")
-
-
-# ---------------------------------------------------------------------------------------------- lr ladder
-
-@dataclass(frozen=True)
-class LadderRun:
-    """A ladder trial as the tracking store holds it once stage 1 is over (one per variant, lr and seed)."""
-    label: str
-    lr: float
-    final: dict | None  # its final metric values (MLflow's latest); None: it did not finish
-
-
-@dataclass(frozen=True)
-class LrChoice:
-    metric: str  # what chose: val/answer_loss when every finished ladder trial has it, else val/loss
-    means: dict  # label -> {lr: final metric averaged over seeds; None when a seed's trial did not finish}
-    chosen: dict  # label -> lr with the lowest mean (ties: the smaller lr); absent: no lr finished every seed
-
-    def as_dict(self) -> dict:
-        return {"metric": self.metric,
-                "variants": {label: {"chosen": self.chosen.get(label),
-                                     "mean_loss": {str(lr): mean for lr, mean in row.items()}}
-                             for label, row in self.means.items()}}
-
-
-def choose_lrs(runs: list[LadderRun]) -> LrChoice:
-    """Each variant's lr: the lowest final validation loss averaged over seeds. An lr at which some seed did not
-    finish (diverged, failed) is not eligible. Pure, and independent of the order of `runs` (fsum), so a resumed
-    sweep computes exactly the choice its first invocation did."""
-    finished = [r.final for r in runs if r.final is not None]
-    metric = metrics.VAL_ANSWER_LOSS if finished and all(metrics.VAL_ANSWER_LOSS in f for f in finished) \
-        else metrics.VAL_LOSS
-    losses: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
-    for r in runs:
-        value = (r.final or {}).get(metric)
-        losses[r.label][r.lr].append(value if value is not None and math.isfinite(value) else None)
-    means = {label: {lr: None if None in values else math.fsum(values) / len(values)
-                     for lr, values in sorted(row.items())} for label, row in losses.items()}
-    chosen = {label: min((mean, lr) for lr, mean in row.items() if mean is not None)[1]
-              for label, row in means.items() if any(mean is not None for mean in row.values())}
-    return LrChoice(metric, means, chosen)
-
-
-# ---------------------------------------------------------------------------------------------- dry run
-
-def _sampler(t: TrialSpec) -> str:
-    train = t.config.train
-    cell = train.loop_sampling if train.loop_sampling == "fixed" else f"{train.loop_sampling} (mean {t.mean_loops:g})"
-    return cell + (f" bp{train.loop_backprop}" if train.loop_backprop else "")
-
-
-def trial_table(trials: list[TrialSpec], lr_chosen_at: float | None = None) -> str:
-    """The dry-run table: one row per trial, with what it will cost. lr_chosen_at: the trials' lr is not known
-    yet, the ladder at that budget will choose it."""
-    head = ("variant", "layers", "loop", "loops", "sampler", "params", "FLOPs/token", "steps", "budget", "seed", "lr")
-    lr_cell = (lambda t: f"chosen at budget {lr_chosen_at:.3g}") if lr_chosen_at else (lambda t: f"{t.lr:g}")
-    rows = []
-    for t in trials:
-        m = t.plan.config.model
-        rows.append((t.label, str(m.n_layers), f"[{m.loop_start},{m.loop_end})", str(m.n_loops), _sampler(t),
-                     f"{t.plan.params:,}", f"{t.plan.flops_per_token:.3g}", f"{t.plan.steps:,}",
-                     f"{t.budget_flops:.3g}", str(t.seed), lr_cell(t)))
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    line = lambda r: "  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(head), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
-
-
-def dry_run_text(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec]) -> str:
-    """What --dry-run prints after the summary line: the trial table(s), and how what is not fixed yet is set."""
-    parts = []
-    if spec.lr_ladder is None:
-        parts.append(trial_table(trials))
-    else:
-        budget = ladder_budget(spec)
-        lrs = ", ".join(f"{lr:g}" for lr in spec.lr_ladder.values)
-        parts.append(f"stage 1, the lr ladder ({len(trials)} trials): every variant at lr {lrs}, every seed, "
-                     f"at budget {budget:.3g}\n" + trial_table(trials))
-        parts.append(f"stage 2 ({len(later)} trials), decided after stage 1: each variant at the lr with the lowest "
-                     f"final validation loss averaged over seeds at budget {budget:.3g}"
-                     + ("\n" + trial_table(later, lr_chosen_at=budget) if later else " (no larger budget: none)"))
-    if any(loop.loop_sampling != "fixed" for loop in spec.loops):
-        parts.append("note: a sampled loop count's depth_matched baseline has n_layers + (loop_end - loop_start) x "
-                     "(mean loops - 1) plain layers, rounded to the nearest layer (halves up); FLOPs/token is the "
-                     "mean over the run's steps")
-    return "\n\n".join(parts)

@@ -24,8 +24,9 @@ from pathlib import Path
 from loopmdm_core import metrics
 from loopmdm_core.errors import ConfigError
 
-from . import spec as specs
-from . import tracking
+from . import lr_ladder, tracking
+from .spec import Resources, SweepSpec
+from .trials import SweepContext, TrialJob, TrialSpec, ladder_budget, later_trials
 
 log = logging.getLogger(__name__)
 STATE_FILE = "loopmdm_sweep.json"  # in the Ray experiment folder: which sweep it holds
@@ -51,7 +52,7 @@ class SweepOutcome:
         return not self.failed and not self.interrupted
 
 
-def sweep_key(spec: specs.SweepSpec, trials: list[specs.TrialSpec], experiment_path: Path) -> str:
+def sweep_key(spec: SweepSpec, trials: list[TrialSpec], experiment_path: Path) -> str:
     ident = [spec.name, str(experiment_path), sorted(t.key for t in trials),
              [(k, p.__dict__) for k, p in spec.search.params] if spec.search else None,
              dataclasses.asdict(spec.infer) if spec.infer else None]
@@ -60,7 +61,7 @@ def sweep_key(spec: specs.SweepSpec, trials: list[specs.TrialSpec], experiment_p
     return hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:16]
 
 
-def prepare_data(trials: list[specs.TrialSpec]):
+def prepare_data(trials: list[TrialSpec]):
     """Tokenize each corpus once, here, so concurrent trials find the cache instead of racing to build it, and
     a corpus that cannot feed a trial fails the sweep now rather than in every trial."""
     from loopmdm_core.data import load_token_data
@@ -71,7 +72,7 @@ def prepare_data(trials: list[specs.TrialSpec]):
             load_token_data(t.config.data).require_batch(t.config.train.batch_size)
 
 
-def check_cluster(resources: specs.Resources):
+def check_cluster(resources: Resources):
     """A trial must fit on one node of the cluster, or Ray would wait for it forever: fail now instead."""
     import ray
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -99,24 +100,28 @@ def init_ray(address: str | None, dashboard: bool):
         ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
 
 
-def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | None = None,
-        restart: bool = False, dashboard: bool = False, verbose: int = 1) -> SweepOutcome:
+def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracking_uri: str | None = None,
+        address: str | None = None, restart: bool = False, resume_only: bool = False, dashboard: bool = False,
+        verbose: int = 1) -> SweepOutcome:
+    """Run the sweep's `trials` (trials.expand) and, with an lr ladder, its larger budgets at the chosen lrs
+    (`later`: the same trials with the ladder's first lr standing in, trials.later_trials)."""
     start = time.monotonic()
-    trials, later = specs.expand(spec), specs.later_trials(spec)  # later: lr_ladder's stage 2, lr stood in
-    uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
-    client = tracking.check_store(uri)
-    prepare_data(trials + later)
-    init_ray(address, dashboard)
-    check_cluster(spec.resources)
-
     storage = Path(spec.storage_path or "ray_results").expanduser().resolve()
     experiment_path = storage / spec.name
     key = sweep_key(spec, trials + later, experiment_path)
     state_path = experiment_path / STATE_FILE
     resume = not restart and state_path.exists()
+    if resume_only and not resume:
+        raise ConfigError(f"--resume: {experiment_path} holds no run of sweep {spec.name!r} to resume; drop --resume "
+                          f"to start it")
     if resume and json.loads(state_path.read_text())["sweep_key"] != key:
         raise ConfigError(f"{experiment_path} holds another version of sweep {spec.name!r} (the file changed "
                           f"since it ran); pass --restart to start it over, or give the sweep a new name")
+    uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
+    client = tracking.check_store(uri)
+    prepare_data(trials + later)
+    init_ray(address, dashboard)
+    check_cluster(spec.resources)
     if restart and experiment_path.exists():
         shutil.rmtree(experiment_path)
     stage2_path = storage / (spec.name + STAGE2_SUFFIX)
@@ -131,10 +136,9 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
         parent_params["sweep.lr_ladder"] = list(spec.lr_ladder.values)
     parent_id = tracking.open_parent_run(client, exp_id, key, parent_params, spec.source, fresh=not resume)
     _publish_ui(client, spec, trials + later, uri, exp_id, parent_id)
-    common = {"tracking_uri": uri, "experiment_id": exp_id, "parent_id": parent_id, "cpus": spec.resources.cpu,
-              "workers": spec.resources.n_workers, "checkpoint_root": str(experiment_path / CHECKPOINTS),
-              "infer": dataclasses.asdict(spec.infer) if spec.infer else None}
-    trial_dicts = [_trial_dict(client, t, common, open_run=not spec.search) for t in trials]
+    context = SweepContext(uri, exp_id, parent_id, spec.resources.cpu, spec.resources.n_workers,
+                           str(experiment_path / CHECKPOINTS), spec.infer)
+    jobs = [TrialJob.of(t, context) for t in trials]
     experiment_path.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps({"sweep_key": key, "parent_run_id": parent_id,
                                       "tracking_uri": tracking.redact(uri)}))
@@ -144,16 +148,16 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
     try:
         from . import tune_runner
         if spec.search:
-            tune_runner.run_search(spec, trial_dicts, storage, resume, verbose, outcome, client)
+            tune_runner.run_search(spec, jobs, storage, resume, verbose, outcome, client)
         else:
-            tune_runner.run_grid(spec, trial_dicts, experiment_path, resume, verbose, outcome)
+            tune_runner.run_grid(spec, jobs, experiment_path, resume, verbose, outcome)
         if spec.lr_ladder:
-            trial_dicts += _stage2(spec, client, common, trials, stage2_path, key, verbose, outcome)
+            jobs += _stage2(spec, client, context, trials, stage2_path, key, verbose, outcome)
     except BaseException as e:  # even a crash of the driver leaves no run RUNNING
         crash = f"sweep driver stopped: {type(e).__name__}: {e}"
         raise
     finally:
-        _reconcile(client, exp_id, parent_id, trial_dicts, outcome)
+        _reconcile(client, exp_id, parent_id, [] if spec.search else [j.name for j in jobs], outcome)
         summary = crash or (f"{len(outcome.finished)} finished, {len(outcome.failed)} failed, "
                             f"{len(outcome.interrupted)} interrupted")
         tracking.end_run(client, parent_id, "FINISHED" if outcome.ok and not crash else "FAILED",
@@ -162,7 +166,7 @@ def run(spec: specs.SweepSpec, tracking_uri: str | None = None, address: str | N
     return outcome
 
 
-def _publish_ui(client, spec: specs.SweepSpec, trials: list[specs.TrialSpec], uri: str, exp_id: str, parent_id: str):
+def _publish_ui(client, spec: SweepSpec, trials: list[TrialSpec], uri: str, exp_id: str, parent_id: str):
     """The MLflow UI's first screen for this sweep (tracking.publish_sweep_ui): what it runs on the parent run, and a
     view of every trial's loss against training FLOPs. Cosmetic: a store that refuses it only gets a warning."""
     lr = (f"ladder over {', '.join(f'{x:g}' for x in spec.lr_ladder.values)}, chosen per variant at the smallest "
@@ -178,23 +182,13 @@ def _publish_ui(client, spec: specs.SweepSpec, trials: list[specs.TrialSpec], ur
                     f"logged as usual")
 
 
-def _trial_dict(client, t: specs.TrialSpec, common: dict, open_run: bool) -> dict:
-    """What a Ray trial gets: the trial, its MLflow run (created SCHEDULED, or found again by its key) and
-    `common`, what every trial of the sweep shares. open_run=False: an Optuna cell, whose samples open their own."""
-    # params and config.yaml show the resolved config (model.vocab_size filled in from the tokenizer)
-    run_id = tracking.open_trial_run(client, common["experiment_id"], common["parent_id"], t.key, t.name, t.tags,
-                                     t.plan.config.to_dict(), t.derived) if open_run else None
-    return {**common, "key": t.key, "name": t.name, "run_id": run_id, "config": t.config.to_dict(),
-            "tags": t.tags, "derived": t.derived}
-
-
-def _stage2(spec: specs.SweepSpec, client, common: dict, ladder: list[specs.TrialSpec], path: Path, key: str,
-            verbose: int, outcome: SweepOutcome) -> list[dict]:
+def _stage2(spec: SweepSpec, client, context: SweepContext, ladder: list[TrialSpec], path: Path, key: str,
+            verbose: int, outcome: SweepOutcome) -> list[TrialJob]:
     """After the ladder: each variant's lr chosen from what MLflow holds, recorded, then the larger budgets at
     those lrs as a Tune experiment of their own (restored when it exists). Nothing while the ladder is
     incomplete (a trial neither finished nor failed: interrupted; the same command resumes it)."""
-    runs = {r.data.tags.get("loopmdm.trial_key"): r
-            for r in tracking.child_runs(client, common["experiment_id"], common["parent_id"])}
+    runs = {r.data.tags.get(tracking.TRIAL_KEY_TAG): r
+            for r in tracking.child_runs(client, context.experiment_id, context.parent_id)}
     finished = {t.key for t in ladder if t.key in runs and runs[t.key].info.status == "FINISHED"
                 and t.name not in outcome.failed}
     waiting = [t.name for t in ladder if t.key not in finished and t.name not in outcome.failed]
@@ -203,31 +197,31 @@ def _stage2(spec: specs.SweepSpec, client, common: dict, ladder: list[specs.Tria
                     f"its larger budgets wait for the same command to run again (after orchestrator/replay.py if "
                     f"metrics were spooled)")
         return []
-    choice = specs.choose_lrs([specs.LadderRun(t.label, t.lr, dict(runs[t.key].data.metrics) if t.key in finished
-                                               else None) for t in ladder])
-    _record_choice(client, common["parent_id"], ladder, runs, choice, specs.ladder_budget(spec))
-    for label in sorted({t.label for t in specs.later_trials(spec)} - set(choice.chosen)):
+    choice = lr_ladder.choose_lrs([lr_ladder.LadderRun(t.label, t.lr, dict(runs[t.key].data.metrics)
+                                                       if t.key in finished else None) for t in ladder])
+    _record_choice(client, context.parent_id, ladder, runs, choice, ladder_budget(spec))
+    for label in sorted({t.label for t in later_trials(spec)} - set(choice.chosen)):
         outcome.failed[f"{label} (larger budgets)"] = (f"no lr of the ladder finished every seed at budget "
-                                                       f"{specs.ladder_budget(spec):g}: not trained further")
-    trials = specs.later_trials(spec, choice.chosen)
+                                                       f"{ladder_budget(spec):g}: not trained further")
+    trials = later_trials(spec, choice.chosen)
     if not trials:
         return []
     _claim_stage2(path, key, choice.chosen)
-    dicts = [_trial_dict(client, t, common, open_run=True) for t in trials]
+    jobs = [TrialJob.of(t, context) for t in trials]
     from . import tune_runner
-    tune_runner.run_grid(spec, dicts, path, True, verbose, outcome)
-    return dicts
+    tune_runner.run_grid(spec, jobs, path, True, verbose, outcome)
+    return jobs
 
 
-def _record_choice(client, parent_id: str, ladder: list[specs.TrialSpec], runs: dict, choice: specs.LrChoice,
+def _record_choice(client, parent_id: str, ladder: list[TrialSpec], runs: dict, choice: lr_ladder.LrChoice,
                    budget: float):
     """The choice on each ladder run (tag loopmdm.lr_ladder: chosen, else candidate) and on the parent run (tag
     loopmdm.lr_choice, artifact lr_ladder.json with every seed-mean loss). Idempotent: a resume sets the same."""
     for t in ladder:
         if t.key in runs:
-            client.set_tag(runs[t.key].info.run_id, specs.LADDER_TAG,
+            client.set_tag(runs[t.key].info.run_id, tracking.LADDER_TAG,
                            "chosen" if choice.chosen.get(t.label) == t.lr else "candidate")
-    client.set_tag(parent_id, specs.LR_CHOICE_TAG, json.dumps(choice.chosen, sort_keys=True, separators=(",", ":")))
+    client.set_tag(parent_id, tracking.LR_CHOICE_TAG, json.dumps(choice.chosen, sort_keys=True, separators=(",", ":")))
     report = {"budget_flops": budget, "seeds": sorted({t.seed for t in ladder}), **choice.as_dict()}
     client.log_text(parent_id, json.dumps(report, indent=2), "lr_ladder.json")
 
@@ -245,19 +239,22 @@ def _claim_stage2(path: Path, key: str, chosen: dict):
     state_path.write_text(json.dumps(state))
 
 
-def _reconcile(client, exp_id: str, parent_id: str, trial_dicts: list[dict], outcome: SweepOutcome):
+def _reconcile(client, exp_id: str, parent_id: str, expected: list[str], outcome: SweepOutcome):
     """No run is left RUNNING or SCHEDULED: a trial Ray saw fail is FAILED with its error; one the sweep never
-    finished (interrupted) is KILLED, with how to resume."""
-    names = {t["run_id"]: t["name"] for t in trial_dicts if t["run_id"]}
+    finished (interrupted) is KILLED, with how to resume. `expected`: the trial names the sweep ran, so a trial
+    that never started (no run yet) counts as interrupted too."""
+    seen = set()
     for run in tracking.child_runs(client, exp_id, parent_id):
-        run_id, status = run.info.run_id, run.info.status
+        run_id, status, name = run.info.run_id, run.info.status, run.info.run_name
+        seen.add(name)
         outcome.train_seconds += run.data.metrics.get(metrics.TRAIN_SECONDS, 0.0)
-        for name in (*metrics.PHASE_SECONDS.values(), metrics.INFER_SECONDS):
-            outcome.phase_seconds[name] = outcome.phase_seconds.get(name, 0.0) + run.data.metrics.get(name, 0.0)
-        name = names.get(run_id, run.info.run_name)
+        for phase in (*metrics.PHASE_SECONDS.values(), metrics.INFER_SECONDS):
+            outcome.phase_seconds[phase] = outcome.phase_seconds.get(phase, 0.0) + run.data.metrics.get(phase, 0.0)
         if name in outcome.failed and status != "FAILED":
             tracking.end_run(client, run_id, "FAILED", outcome.failed[name])
         elif status in ("RUNNING", "SCHEDULED"):
             if name not in outcome.failed:
                 outcome.interrupted.append(name)
             tracking.end_run(client, run_id, "KILLED", "interrupted: run the same command again to resume")
+    outcome.interrupted += [name for name in expected if name not in seen and name not in outcome.failed
+                            and name not in outcome.finished]

@@ -31,19 +31,19 @@ class TrialRecord:
 
     @property
     def variant(self) -> str:
-        return self.tags.get("loopmdm.variant", "")
+        return self.tags.get(tracking.VARIANT_TAG, "")
 
     @property
     def label(self) -> str:
-        return self.tags.get("loopmdm.label", self.name)
+        return self.tags.get(tracking.LABEL_TAG, self.name)
 
     @property
     def seed(self) -> int:
-        return int(self.tags.get("loopmdm.seed", 0))
+        return int(self.tags.get(tracking.SEED_TAG, 0))
 
     @property
     def budget(self) -> float:
-        return float(self.tags.get("loopmdm.budget_flops", 0))
+        return float(self.tags.get(tracking.BUDGET_TAG, 0))
 
     def history(self, metric: str) -> list[tuple[float, float]]:
         """(FLOPs, value) pairs of val/loss, val/answer_loss or val/accuracy."""
@@ -53,7 +53,7 @@ class TrialRecord:
     @property
     def lr_ladder(self) -> str:
         """'candidate' (an LR-ladder trial whose LR was not chosen), 'chosen', or '' (no ladder in the sweep)."""
-        return self.tags.get("loopmdm.lr_ladder", "")
+        return self.tags.get(tracking.LADDER_TAG, "")
 
     @property
     def lr(self) -> float | None:
@@ -95,7 +95,7 @@ def _latest_sweep(client: MlflowClient, experiment: str | None):
         exp_ids = [exp.experiment_id]
     else:
         exp_ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exp_ids, filter_string="tags.`loopmdm.role` = 'sweep'",
+    runs = client.search_runs(exp_ids, filter_string=f"tags.`{tracking.ROLE_TAG}` = 'sweep'",
                               order_by=["attributes.start_time DESC"], max_results=1) if exp_ids else []
     if not runs:
         raise tracking.TrackingError("no sweep in the tracking store" + (f" under {experiment!r}" if experiment else "")
@@ -127,7 +127,7 @@ def load(tracking_uri: str, experiment: str | None = None, sweep_run: str | None
             parent = client.get_run(sweep_run)
         except Exception:
             raise tracking.TrackingError(f"no run {sweep_run!r} in {tracking_uri}") from None
-        if parent.data.tags.get("loopmdm.role") != "sweep":
+        if parent.data.tags.get(tracking.ROLE_TAG) != "sweep":
             raise tracking.TrackingError(f"run {sweep_run} is not a sweep's parent run (tag loopmdm.role=sweep)")
     else:
         parent = _latest_sweep(client, experiment)

@@ -29,7 +29,22 @@ from loopmdm_core import failpoints, flatten, metrics
 from loopmdm_core.errors import LoopMDMError
 
 DEFAULT_DB = "mlflow.db"
-ERROR_TAG = "loopmdm.error"
+# Run tags: what the report and a resumed sweep read back (docs/mlflow.md lists them all).
+ERROR_TAG = "loopmdm.error"  # why a run failed or was killed
+ROLE_TAG = "loopmdm.role"  # sweep (the parent run) | trial
+SWEEP_KEY_TAG = "loopmdm.sweep_key"  # parent run: the sweep's identity; a resumed sweep finds its parent by it
+TRIAL_KEY_TAG = "loopmdm.trial_key"  # trial run: hash of its run config; a retried trial finds its run by it
+VARIANT_TAG = "loopmdm.variant"  # loop | same_size | depth_matched
+LABEL_TAG = "loopmdm.label"  # e.g. loop[1,3)x2, same_size(4L)
+GROUP_TAG = "loopmdm.group"  # the trials compared with each other: b<budget>-s<seed>
+SEED_TAG = "loopmdm.seed"
+BUDGET_TAG = "loopmdm.budget_flops"
+LR_TAG = "loopmdm.lr"  # the trial's learning rate, str(float)
+LADDER_TAG = "loopmdm.lr_ladder"  # lr_ladder sweeps only: candidate (a ladder lr not chosen) or chosen
+LR_CHOICE_TAG = "loopmdm.lr_choice"  # on the parent run: JSON {variant label: chosen lr}
+SEARCH_CELL_TAG = "loopmdm.search_cell"  # an Optuna sample's run: the trial key of the cell it was sampled in
+BEST_TAG = "loopmdm.best."  # + a cell's trial key, on the parent run: the cell's best sample
+BACKEND_TAG = "loopmdm.attention_backend"  # the attention kernel the trial trained with
 STEP_METRIC = metrics.FLOPS  # logged at every reported step: its history tells the last step a run holds
 
 
@@ -123,11 +138,11 @@ def open_parent_run(client: MlflowClient, exp_id: str, sweep_key: str, params: d
                     fresh: bool) -> str:
     """The sweep's parent run: reopened when resuming (same sweep_key), created otherwise."""
     if not fresh:
-        found = _find(client, exp_id, f"tags.`loopmdm.sweep_key` = '{sweep_key}' and tags.`loopmdm.role` = 'sweep'")
+        found = _find(client, exp_id, f"tags.`{SWEEP_KEY_TAG}` = '{sweep_key}' and tags.`{ROLE_TAG}` = 'sweep'")
         if found:
             client.update_run(found.info.run_id, status="RUNNING")
             return found.info.run_id
-    run = client.create_run(exp_id, tags={"loopmdm.role": "sweep", "loopmdm.sweep_key": sweep_key,
+    run = client.create_run(exp_id, tags={ROLE_TAG: "sweep", SWEEP_KEY_TAG: sweep_key,
                                           "mlflow.runName": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"})
     _log_params(client, run.info.run_id, params)
     client.log_text(run.info.run_id, sweep_yaml, "sweep.yaml")
@@ -138,7 +153,7 @@ def open_trial_run(client: MlflowClient, exp_id: str, parent_id: str, key: str, 
                    config: dict, derived: dict) -> str:
     """The trial's child run, found by its trial_key under the parent, or created (SCHEDULED) with params
     (the flattened config and what it implies) and the resolved config as an artifact."""
-    found = _find(client, exp_id, f"tags.`loopmdm.trial_key` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+    found = _find(client, exp_id, f"tags.`{TRIAL_KEY_TAG}` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'")
     if found:
         return found.info.run_id
     run = client.create_run(exp_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_id})
@@ -469,9 +484,9 @@ def summary_from_trials(client: MlflowClient, parent_run, trials: list | None = 
     tags (`trials`: its child runs, if already fetched)."""
     exp_id, run_id = parent_run.info.experiment_id, parent_run.info.run_id
     tags = [t.data.tags for t in (child_runs(client, exp_id, run_id) if trials is None else trials)]
-    labels = sorted({t.get("loopmdm.label", "?") for t in tags}, key=lambda x: (not x.startswith("loop"), x))
-    budgets = sorted({float(t["loopmdm.budget_flops"]) for t in tags if "loopmdm.budget_flops" in t})
-    seeds = sorted({int(t["loopmdm.seed"]) for t in tags if "loopmdm.seed" in t})
+    labels = sorted({t.get(LABEL_TAG, "?") for t in tags}, key=lambda x: (not x.startswith("loop"), x))
+    budgets = sorted({float(t[BUDGET_TAG]) for t in tags if BUDGET_TAG in t})
+    seeds = sorted({int(t[SEED_TAG]) for t in tags if SEED_TAG in t})
     name = parent_run.data.params.get("sweep.name") or client.get_experiment(exp_id).name
     return sweep_summary(name, run_id, exp_id, labels, budgets, seeds, len(tags))
 

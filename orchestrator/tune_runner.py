@@ -1,11 +1,14 @@
 """The Ray Tune part of a sweep: a grid Tuner over the prepared trials, or one Optuna study per variant cell."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 from ray import tune
 
+from . import tracking
 from .trainable import run_trial, tune_metric
+from .trials import TrialJob, job_name
 
 PROGRESS_COLUMNS = {"step": "step", "train_loss": "train loss", "val_loss": "val loss", "flops": "FLOPs",
                     "tokens_per_s": "tok/s"}
@@ -25,12 +28,12 @@ def _run_config(spec, storage: Path, name: str, verbose: int) -> tune.RunConfig:
 
 
 def _trial_name(trial) -> str:
-    return trial.config["trial"]["name"]
+    return job_name(trial.config)
 
 
 def _collect(results, outcome):
     for result in results:
-        name = result.config["trial"]["name"]
+        name = job_name(result.config)
         if result.error is not None:
             outcome.failed[name] = str(result.error).strip().splitlines()[-1][:2000]
         elif name not in outcome.failed:
@@ -46,13 +49,13 @@ def _fit(trainable, param_space, path: Path, resume: bool, tune_config, run_conf
     return tuner.fit()
 
 
-def run_grid(spec, trial_dicts: list[dict], path: Path, resume: bool, verbose: int, outcome):
+def run_grid(spec, jobs: list[TrialJob], path: Path, resume: bool, verbose: int, outcome):
     """Every trial once, as one Tune experiment in folder `path` (<storage>/<name>; an lr ladder's stage 2 has
     its own)."""
     tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
                                   trial_name_creator=_trial_name,
                                   trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
-    results = _fit(_trainable(spec), {"trial": tune.grid_search(trial_dicts)}, path, resume,
+    results = _fit(_trainable(spec), {"trial": tune.grid_search([j.to_dict() for j in jobs])}, path, resume,
                    tune_config, _run_config(spec, path.parent, path.name, verbose))
     _collect(results, outcome)
 
@@ -67,17 +70,17 @@ def _distribution(param):
     return tune.choice(list(param.choices))
 
 
-def run_search(spec, trial_dicts: list[dict], storage: Path, resume: bool, verbose: int, outcome, client):
+def run_search(spec, jobs: list[TrialJob], storage: Path, resume: bool, verbose: int, outcome, client):
     """One Optuna study per variant cell (Optuna samples continuous spaces, it cannot also walk a grid): each
     cell is its own Tuner with `n_trials` samples. The best sample of each cell is recorded on the parent run."""
     from ray.tune.search.optuna import OptunaSearch
     metric = tune_metric(spec.search.metric)
     best = {}
-    for trial in trial_dicts:
-        cell = f"{spec.name}-{trial['name']}"
-        space = {"trial": {**trial, "required_metric": metric},
+    for job in jobs:
+        cell = f"{spec.name}-{job.name}"
+        space = {"trial": dataclasses.replace(job, search_metric=metric).to_dict(),
                  "search": {k: _distribution(p) for k, p in spec.search.params}}
-        tune_config = tune.TuneConfig(search_alg=OptunaSearch(metric=metric, mode="min", seed=trial["config"]["train"]["seed"]),
+        tune_config = tune.TuneConfig(search_alg=OptunaSearch(metric=metric, mode="min", seed=job.seed),
                                       num_samples=spec.search.n_trials,
                                       max_concurrent_trials=spec.max_concurrent or None,
                                       trial_name_creator=_trial_name,
@@ -85,7 +88,7 @@ def run_search(spec, trial_dicts: list[dict], storage: Path, resume: bool, verbo
         results = _fit(_trainable(spec), space, storage / cell, resume, tune_config,
                        _run_config(spec, storage, cell, verbose))
         for result in results:
-            name = f"{trial['name']}[{json.dumps(result.config.get('search', {}), sort_keys=True)}]"
+            name = f"{job.name}[{json.dumps(result.config.get('search', {}), sort_keys=True)}]"
             if result.error is not None:
                 outcome.failed[name] = str(result.error).strip().splitlines()[-1][:2000]
             else:
@@ -93,8 +96,8 @@ def run_search(spec, trial_dicts: list[dict], storage: Path, resume: bool, verbo
         good = [r for r in results if r.error is None and r.metrics and metric in r.metrics]
         if good:
             top = min(good, key=lambda r: r.metrics[metric])
-            best[trial["name"]] = {"search": top.config["search"], spec.search.metric: top.metrics[metric]}
-            client.set_tag(trial["parent_id"], f"loopmdm.best.{trial['key']}",
-                           json.dumps({"trial": trial["name"], **best[trial["name"]]})[:5000])
-    if trial_dicts:
-        client.log_text(trial_dicts[0]["parent_id"], json.dumps(best, indent=2), "best_configs.json")
+            best[job.name] = {"search": top.config["search"], spec.search.metric: top.metrics[metric]}
+            client.set_tag(job.sweep.parent_id, tracking.BEST_TAG + job.key,
+                           json.dumps({"trial": job.name, **best[job.name]})[:5000])
+    if jobs:
+        client.log_text(jobs[0].sweep.parent_id, json.dumps(best, indent=2), "best_configs.json")

@@ -8,6 +8,7 @@ import yaml
 from loopmdm_core import flops
 from loopmdm_core.errors import ConfigError
 from orchestrator import spec as specs
+from orchestrator import trials as trials_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"model": {"n_layers": 4, "d_model": 64, "n_heads": 4}, "train": {"batch_size": 8}}
@@ -21,7 +22,7 @@ def sweep(**overrides):
 
 
 def test_expansion_groups_each_loop_with_its_baselines():
-    trials = specs.expand(sweep())
+    trials = trials_of.expand(sweep())
     # per (budget, seed): 2 loops + 1 shared same_size + 2 depth_matched (6 and 8 layers)
     assert len(trials) == 2 * 2 * 5
     assert len({t.key for t in trials}) == len(trials)
@@ -47,14 +48,14 @@ def test_expansion_groups_each_loop_with_its_baselines():
 
 
 def test_shared_baselines_are_deduplicated():
-    trials = specs.expand(sweep(loops=[{"loop_start": 1, "loop_end": 3, "n_loops": 3},
+    trials = trials_of.expand(sweep(loops=[{"loop_start": 1, "loop_end": 3, "n_loops": 3},
                                        {"loop_start": 0, "loop_end": 2, "n_loops": 3}], budgets=[1e12], seeds=[0]))
     # both loops unroll to 8 layers: one same_size and one depth_matched serve both
     assert sorted(t.label for t in trials) == ["depth_matched(8L)", "loop[0,2)x3", "loop[1,3)x3", "same_size(4L)"]
 
 
 def test_trial_key_is_stable_and_tags_complete():
-    a, b = specs.expand(sweep()), specs.expand(sweep())
+    a, b = trials_of.expand(sweep()), trials_of.expand(sweep())
     assert [t.key for t in a] == [t.key for t in b]
     assert set(a[0].tags) == {"loopmdm.role", "loopmdm.variant", "loopmdm.label", "loopmdm.group", "loopmdm.seed",
                               "loopmdm.budget_flops", "loopmdm.trial_key", "loopmdm.lr"}
@@ -63,7 +64,7 @@ def test_trial_key_is_stable_and_tags_complete():
 
 
 def test_sampled_loop_beside_fixed_one():
-    trials = specs.expand(sweep(loops=[{"loop_start": 1, "loop_end": 3, "n_loops": 2},
+    trials = trials_of.expand(sweep(loops=[{"loop_start": 1, "loop_end": 3, "n_loops": 2},
                                        {"loop_start": 1, "loop_end": 3, "n_loops": 2, "loop_sampling": "uniform:1:4"},
                                        {"loop_start": 1, "loop_end": 3, "n_loops": 2,
                                         "loop_sampling": "poisson_lognormal:2.25:0.5", "loop_backprop": 2}],
@@ -92,7 +93,7 @@ def test_sampled_loop_beside_fixed_one():
 
 
 def test_loop_sampling_grid_axis():
-    trials = specs.expand(sweep(loops={"loop_start": [1], "loop_end": [3], "n_loops": [2],
+    trials = trials_of.expand(sweep(loops={"loop_start": [1], "loop_end": [3], "n_loops": [2],
                                        "loop_sampling": ["fixed", "uniform:1:3"], "loop_backprop": [0, 1]},
                                 baselines=["same_size"], budgets=[1e12], seeds=[0]))
     assert [t.label for t in trials] == ["loop[1,3)x2", "same_size(4L)", "loop[1,3)x2/bp1", "loop[1,3)x2~uniform:1:3",
@@ -105,8 +106,10 @@ BAD = [
     ({"base": {"model": {"n_loop": 2}}}, "base.model.n_loop: unknown key; did you mean 'base.model.n_loops'?"),
     ({"base": {"model": {"d_model": 60, "n_heads": 8}}}, "base.model.d_model"),
     ({"base": {"model": {"n_layers": 4, "n_loops": 2}}}, "base.model.n_loops: set by the sweep's loops:"),
-    ({"loops": {"loop_start": [1], "loop_end": [5], "n_loops": [2]}}, "loops (loop_start=1, loop_end=5, n_loops=2): loop_end 5 > base.model.n_layers=4"),
-    ({"loops": {"loop_start": [3], "loop_end": [2], "n_loops": [2]}}, "empty loop"),
+    ({"loops": {"loop_start": [1], "loop_end": [5], "n_loops": [2]}}, "loops (loop_start=1, loop_end=5, n_loops=2): model.loop_start/loop_end: the looped block [1, 5) must be a "
+     "non-empty range inside [0, n_layers=4]"),
+    ({"loops": {"loop_start": [3], "loop_end": [2], "n_loops": [2]}},
+     "a grid combines every loop_start with every loop_end; list the valid combinations"),
     ({"loops": {"loop_start": [1], "loop_end": [3], "n_loops": [1]}}, "n_loops must be >= 2"),
     ({"loops": {"loop_start": [1], "loop_end": [3]}}, "loops: missing n_loops"),
     ({"loops": {"loop_start": [1], "loop_end": [3], "n_loops": []}}, "loops.n_loops: empty list"),
@@ -153,7 +156,7 @@ BAD = [
 @pytest.mark.parametrize("change, message", BAD, ids=[m[:40] for _, m in BAD])
 def test_bad_sweeps_name_the_yaml_path(change, message):
     with pytest.raises(ConfigError) as info:
-        specs.expand(sweep(**change))
+        trials_of.expand(sweep(**change))
     assert any(message in p for p in info.value.problems), info.value.problems
 
 
@@ -165,7 +168,7 @@ def test_all_problems_reported_at_once():
 
 def test_shipped_sweeps_are_valid():
     for path in sorted((ROOT / "sweeps").glob("*.yaml")):
-        trials = specs.expand(specs.load(path))
+        trials = trials_of.expand(specs.load(path))
         assert trials, path
 
 
@@ -186,7 +189,7 @@ def test_dry_run_prints_the_table_and_starts_nothing(tmp_path):
                    "budgets: [1.0e12]\n")
     out = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), str(bad)],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert out.returncode == 2 and "loop_end 3 > base.model.n_layers=2" in out.stderr
+    assert out.returncode == 2 and "inside [0, n_layers=2]" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "mlflow.db").exists()
 
 
