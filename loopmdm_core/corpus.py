@@ -8,13 +8,13 @@ package import, so the model and trainer run where it is not installed (e.g. GPU
 """
 
 import hashlib
-import json
 import lzma
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
 from .hashing import sha256_files
+from .jsonl import read_fields
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"shakespeare": ASSETS / "shakespeare.jsonl.xz"}
@@ -28,29 +28,13 @@ class Corpus:
     documents: object  # datasets.Dataset with a "text" column (and "prompt" when a prompted task is mixed in)
 
 
-def _read_jsonl(path: Path, text_field: str, opener=open) -> list[str]:
-    texts = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise DataError(f"{path}:{lineno}: no string field {text_field!r} (set data.text_field)")
-            texts.append(record[text_field])
-    return texts
-
-
 def _read_file(path: Path, text_field: str) -> list[str]:
     try:
         if path.suffix == ".txt":
             # A plain text file: documents are the blocks separated by blank lines.
             return [block for block in path.read_text(encoding="utf-8").split("\n\n") if block.strip()]
         if path.suffix == ".jsonl":
-            return _read_jsonl(path, text_field)
+            return [text for (text,) in read_fields(path, (text_field,), "set data.text_field")]
         import pyarrow.parquet as pq
         table = pq.read_table(path)
         if text_field not in table.column_names:
@@ -115,7 +99,7 @@ def load_corpus(spec: str, text_field: str = "text", task: str = "", task_proble
             raise DataError(f"data.corpus: unknown built-in corpus {name!r}; built-in: "
                             f"{', '.join('builtin:' + k for k in BUILTIN)}")
         path = BUILTIN[name]
-        texts = _read_jsonl(path, "text", opener=lzma.open)
+        texts = [text for (text,) in read_fields(path, ("text",), opener=lzma.open)]
         return Corpus(spec, sha256_files([path], with_names=True), datasets.Dataset.from_dict({"text": texts}))
     if spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")

@@ -13,13 +13,13 @@ has one. A task is named by a spec string (data.task, infer.task.test): `arithme
 """
 
 import hashlib
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
+from .jsonl import read_fields
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -151,19 +151,9 @@ def phop(n: int, split: str, hops: int = 4, seed: int = 0, length: int = PHOP_LE
 
 
 def read_gsm8k(path: str | Path) -> list[Problem]:
-    problems = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                question, answer = record["question"], record["answer"]
-            except (ValueError, KeyError, TypeError):
-                raise DataError(f"{path}:{lineno}: expected JSON with 'question' and 'answer'") from None
-            final = answer.rsplit("####", 1)[-1].strip().replace(",", "")
-            problems.append(Problem(f"Question: {question}\nAnswer:", final))
-    return problems
+    rows = read_fields(path, ("question", "answer"), "a GSM8K file has 'question' and 'answer' on every line")
+    return [Problem(f"Question: {question}\nAnswer:", answer.rsplit("####", 1)[-1].strip().replace(",", ""))
+            for question, answer in rows]
 
 
 def _phop_args(arg: str) -> tuple[int, int, int] | None:
