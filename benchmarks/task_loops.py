@@ -19,7 +19,8 @@ from loopmdm_core import evaluate
 from loopmdm_core.checkpoint import load_model
 from loopmdm_core.config import load_run_config
 from loopmdm_core.data import load_token_data
-from loopmdm_core.train import pick_device, train
+from loopmdm_core.device import pick_device
+from loopmdm_core.train import train
 
 # --variants name: (label, n_layers, loop_start, loop_end, n_loops)
 VARIANTS = {"looped": ("loop[1,3)x2", 4, 1, 3, 2), "same_size": ("same_size(4L)", 4, 0, 4, 1),

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 from loopmdm_core import distributed, flops
 from loopmdm_core.config import RunConfig, TrainConfig
 from loopmdm_core.model import LoopMDM, ModelConfig, depth_matched
-from loopmdm_core.train import TrainStep, measured_peak
+from loopmdm_core.device import measured_peak, mfu
+from loopmdm_core.train import TrainStep
 
 # ------------------------------------------------------------------------------------- the in-file reference
 
@@ -104,8 +105,7 @@ def our_step(cfg: ModelConfig, seq: int, batch: int, device, checkpoint_loops: b
     run = RunConfig(model=cfg, train=TrainConfig(compile=device.type == "cuda", checkpoint_loops=checkpoint_loops,
                                                  batch_size=batch))
     torch.manual_seed(0)
-    model = LoopMDM(cfg).to(device)
-    model.set_attention_backend("cudnn" if device.type == "cuda" else "sdpa")
+    model = LoopMDM(cfg, "cudnn" if device.type == "cuda" else "sdpa", checkpoint_loops).to(device)
     if whole:  # experiment: one graph for the whole forward (the loop unrolled at its fixed count)
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, compile=False))
         model.compile()
@@ -230,7 +230,7 @@ def main(argv=None):
             continue
         per_step = flops.train_flops_per_step(c, args.seq, args.batch)
         row = {"variant": label, "layers_applied": c.applied_layers(), "tokens_per_s": args.batch * args.seq / dt,
-               "ms_per_step": dt * 1e3, "model_tflops": per_step / dt / 1e12, "mfu": per_step / dt / ceiling,
+               "ms_per_step": dt * 1e3, "model_tflops": per_step / dt / 1e12, "mfu": mfu(per_step, dt, ceiling),
                "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
         rows.append(row)
         if args.profile == label:
@@ -243,7 +243,7 @@ def main(argv=None):
         per_step = flops.train_flops_per_step(cfg, args.seq, args.batch * args.workers)
         rows.append({"variant": f"ours_x{args.workers}", "layers_applied": cfg.applied_layers(),
                      "tokens_per_s": args.batch * args.workers * args.seq / dt, "ms_per_step": dt * 1e3,
-                     "model_tflops": per_step / dt / 1e12, "mfu": per_step / dt / ceiling / args.workers,
+                     "model_tflops": per_step / dt / 1e12, "mfu": mfu(per_step, dt, ceiling, args.workers),
                      "peak_mem_gib": None})
     base = {r["variant"]: r for r in rows if "error" not in r}
     print(f"{'variant':<14} {'layers':>6} {'tokens/s':>10} {'ms/step':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} "

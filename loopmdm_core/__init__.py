@@ -6,7 +6,8 @@ Torch-only training library; it never imports Ray, MLflow or Optuna. Importing i
 from .config import DataConfig, EvalConfig, RunConfig, TrainConfig, flatten, load_run_config
 from .errors import CheckpointError, ConfigError, DataError, LoopMDMError
 from .model import LoopMDM, ModelConfig, depth_matched, same_size
-from .train import RunPlan, TrainResult, plan, train
+from .plan import RunPlan, plan
+from .train import TrainResult, train
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataConfig", "DataError", "EvalConfig", "LoopMDM", "LoopMDMError",

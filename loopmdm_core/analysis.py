@@ -15,18 +15,14 @@ from .model import apply_rope
 def attention_probs(model, idx: torch.Tensor, n_loops: int | None = None):
     """Yield (layer index, loop iteration or None, probabilities (batch, heads, seq, seq)) per applied layer."""
     cfg = model.cfg
-    cos, sin = model._rope_for(idx.shape[1], idx.device)
+    cos, sin = model.rope(idx.shape[1], idx.device)
     x = model.embed(idx)
-    seen: dict[int, int] = {}
-    for i in model.layer_schedule(n_loops):
-        layer = model.layers[i]
+    for loop_pass, i, layer in model.applied_layers(n_loops):
         b, s, _ = x.shape
         q, k, _ = layer.attn.wqkv(layer.attn_norm(x)).view(b, s, 3, cfg.n_heads, cfg.head_dim).unbind(2)
         q, k = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2)
         probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) / cfg.head_dim ** 0.5, dim=-1)
-        looped = cfg.loop_start <= i < cfg.loop_end
-        seen[i] = seen.get(i, 0) + 1
-        yield i, (seen[i] if looped else None), probs
+        yield i, loop_pass, probs
         x = layer(x, cos, sin)
 
 

@@ -104,7 +104,8 @@ class ProgressBar:
 
 
 def cmd_train(args) -> int:
-    from .train import plan, train
+    from .plan import plan
+    from .train import train
     data = read_yaml(args.config) if args.config else {}
     cfg = load_run_config(apply_overrides(data, args.overrides))
     run = plan(cfg)

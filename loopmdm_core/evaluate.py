@@ -29,7 +29,7 @@ def inference_eval(model, data, cfg, max_loops: int = 0, attention_t: float = 0.
     """What a sweep asks after training: validation ELBO at n_loops = 1..max_loops (0: twice the trained
     count) and the mask-to-mask attention share per applied layer at mask ratio `attention_t` (0: skipped)."""
     from .analysis import masked_attention_share
-    from .train import autocast_for
+    from .device import autocast_for
     device = next(model.parameters()).device
     batches, fixed = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)  # host: masks are drawn there
     top = max_loops or 2 * cfg.model.n_loops

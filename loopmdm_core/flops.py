@@ -48,13 +48,3 @@ def steps_for_budget(budget_flops: float, flops_per_step: int) -> int:
     """Optimizer steps a training budget buys (whole steps only: the budget is never overspent)."""
     return int(budget_flops // flops_per_step)
 
-
-# Dense bf16 peaks from the vendors' datasheets, for MFU on known cards (substring of the device name -> FLOP/s).
-PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165.2e12}
-
-
-def known_peak(device_name: str) -> float | None:
-    for key, peak in PEAK_BF16.items():
-        if key in device_name:
-            return peak
-    return None

@@ -11,7 +11,7 @@ every sweep measured so far.
                                here, so that one pass is always run); the tail is heavy, nothing is clipped.
 
 A step's draw is a function of (train.seed, step) alone, so a resumed run draws exactly what an uninterrupted
-one did, and the whole sequence of draws is known before training: the run plan (train.plan) sums their FLOPs
+one did, and the whole sequence of draws is known before training: the run plan (plan.py) sums their FLOPs
 to find the step at which the budget is spent.
 """
 

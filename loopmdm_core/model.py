@@ -6,7 +6,9 @@ model (MDM). No causal mask and no time conditioning: like MDLM/SMDM, the mask t
 """
 
 import dataclasses
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -123,12 +125,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, backend: str):
         super().__init__()
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.n_heads, self.head_dim, self.backend = cfg.n_heads, cfg.head_dim, backend
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.backend = "sdpa"  # set by LoopMDM.set_attention_backend
 
     def forward(self, x, cos, sin):
         b, s, _ = x.shape
@@ -158,10 +159,10 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, attention_backend: str):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, attention_backend)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
@@ -171,19 +172,24 @@ class Block(nn.Module):
 
 
 class LoopMDM(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """`attention_backend`: the kernel every layer attends with, one that attention.resolve_backend picked for
+    the device. `checkpoint_loops` (train.checkpoint_loops): with gradients on, each pass through the looped
+    block keeps only its input and recomputes the rest in backward, so the looped block's activation memory
+    stops growing with the loop count, for about one extra forward of it."""
+
+    def __init__(self, cfg: ModelConfig, attention_backend: str = "sdpa", checkpoint_loops: bool = False):
         super().__init__()
         if cfg.vocab_size < 1:
             raise ValueError("ModelConfig.vocab_size must be resolved before building the model")
         self.cfg = cfg
+        self.checkpoint_loops = checkpoint_loops
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, attention_backend) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         self._rope: dict = {}
-        self.checkpoint_loops = False  # set by the trainer (train.checkpoint_loops)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -196,14 +202,11 @@ class LoopMDM(nn.Module):
             nn.init.normal_(layer.attn.wo.weight, std=scale)
             nn.init.normal_(layer.mlp.w_down.weight, std=scale)
 
-    def set_attention_backend(self, backend: str):
-        for layer in self.layers:
-            layer.attn.backend = backend
-
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _rope_for(self, seq_len: int, device):
+    def rope(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The RoPE tables (cos, sin) every layer rotates with at this sequence length (cached)."""
         key = (seq_len, str(device))
         if key not in self._rope:
             self._rope[key] = rope_tables(seq_len, self.cfg.head_dim, self.cfg.rope_theta, device)
@@ -220,13 +223,19 @@ class LoopMDM(nn.Module):
             x = x.to(torch.get_autocast_dtype(idx.device.type))
         return x
 
-    def layer_schedule(self, n_loops: int | None = None) -> list[int]:
-        """Indices of the layers applied, in order, for one forward pass with `n_loops` loops."""
+    def applied_layers(self, n_loops: int | None = None) -> Iterator[tuple[int | None, int, Block]]:
+        """The layers one forward pass with `n_loops` loops applies, in order: (pass through the looped block,
+        1-based, or None outside it; layer index; the layer). Every walk through the model is this one."""
         cfg, n = self.cfg, self.cfg.n_loops if n_loops is None else n_loops
         if n < 1:
             raise ValueError(f"n_loops must be >= 1, got {n}")
-        looped = list(range(cfg.loop_start, cfg.loop_end))
-        return list(range(cfg.loop_start)) + looped * n + list(range(cfg.loop_end, cfg.n_layers))
+        for i in range(cfg.loop_start):
+            yield None, i, self.layers[i]
+        for loop_pass in range(1, n + 1):
+            for i in range(cfg.loop_start, cfg.loop_end):
+                yield loop_pass, i, self.layers[i]
+        for i in range(cfg.loop_end, cfg.n_layers):
+            yield None, i, self.layers[i]
 
     def forward(self, idx: torch.Tensor, n_loops: int | None = None, backprop_loops: int = 0) -> torch.Tensor:
         """Final normed hidden states (batch, seq, d_model). `n_loops` overrides the config for this call.
@@ -235,41 +244,29 @@ class LoopMDM(nn.Module):
         the looped block run without autograd and only the last `backprop_loops` are backpropagated (Huginn's
         truncated backprop). Their residual update enters as a constant, so the layers before the loop still
         get the gradient of the identity path of the residual stream (Huginn re-injects the prelude's output
-        at every pass for the same purpose; this model has no injection).
-        With `checkpoint_loops` set (train.checkpoint_loops) and gradients on, each pass through the looped
-        block keeps only its input and recomputes the rest in backward: activation memory of the looped block
-        stops growing with the loop count, for about one extra forward of it."""
-        cfg, n = self.cfg, self.cfg.n_loops if n_loops is None else n_loops
-        cos, sin = self._rope_for(idx.shape[1], idx.device)
-        x = self._embed(idx)
+        at every pass for the same purpose; this model has no injection)."""
+        n = self.cfg.n_loops if n_loops is None else n_loops
         grad = torch.is_grad_enabled()
-        truncated = n - backprop_loops if grad and 0 < backprop_loops < n else 0
-        if not truncated and not (self.checkpoint_loops and grad and n > 1):
-            for i in self.layer_schedule(n):
-                x = self.layers[i](x, cos, sin)
-            return self.norm(x)
-        for i in range(cfg.loop_start):
-            x = self.layers[i](x, cos, sin)
-        if truncated:
-            with torch.no_grad():
-                h = x
-                for _ in range(truncated):
-                    h = self._looped_block(h, cos, sin)
-                update = h - x
-            x = x + update
-        for _ in range(n - truncated):
-            if self.checkpoint_loops:
-                x = torch.utils.checkpoint.checkpoint(self._looped_block, x, cos, sin, use_reentrant=False)
-            else:
-                x = self._looped_block(x, cos, sin)
-        for i in range(cfg.loop_end, cfg.n_layers):
-            x = self.layers[i](x, cos, sin)
-        return self.norm(x)
+        frozen = n - backprop_loops if grad and 0 < backprop_loops < n else 0  # passes run without autograd
+        checkpointed = self.checkpoint_loops and grad and n > 1
 
-    def _looped_block(self, x, cos, sin):
-        for i in range(self.cfg.loop_start, self.cfg.loop_end):
-            x = self.layers[i](x, cos, sin)
-        return x
+        def stage(layer):  # runs of layers applied alike: the frozen passes together, each other pass alone
+            loop_pass = layer[0]
+            return "frozen" if loop_pass is not None and loop_pass <= frozen else loop_pass
+
+        cos, sin = self.rope(idx.shape[1], idx.device)
+        x = self._embed(idx)
+        for kind, layers in itertools.groupby(self.applied_layers(n), key=stage):
+            blocks = [block for _, _, block in layers]
+            if kind == "frozen":
+                with torch.no_grad():
+                    update = _apply(blocks, x, cos, sin) - x
+                x = x + update
+            elif kind is not None and checkpointed:
+                x = torch.utils.checkpoint.checkpoint(_apply, blocks, x, cos, sin, use_reentrant=False)
+            else:
+                x = _apply(blocks, x, cos, sin)
+        return self.norm(x)
 
     @torch.no_grad()
     def forward_until_converged(self, idx: torch.Tensor, tol: float, min_loops: int, max_loops: int):
@@ -278,24 +275,26 @@ class LoopMDM(nn.Module):
         Returns (hidden states, loops run)."""
         if not 1 <= min_loops <= max_loops:
             raise ValueError(f"need 1 <= min_loops <= max_loops, got {min_loops}, {max_loops}")
-        cfg = self.cfg
-        cos, sin = self._rope_for(idx.shape[1], idx.device)
+        cos, sin = self.rope(idx.shape[1], idx.device)
         x = self._embed(idx)
-        for i in range(cfg.loop_start):
-            x = self.layers[i](x, cos, sin)
-        loops = 0
-        while loops < max_loops:
+        loops, converged = 0, False
+        for loop_pass, layers in itertools.groupby(self.applied_layers(max_loops), key=lambda layer: layer[0]):
+            if loop_pass is not None and converged:
+                continue
             before = x
-            for i in range(cfg.loop_start, cfg.loop_end):
-                x = self.layers[i](x, cos, sin)
-            loops += 1
-            change = (x - before).flatten(1).norm(dim=1) / before.flatten(1).norm(dim=1).clamp_min(1e-12)
-            if loops >= min_loops and change.max().item() < tol:
-                break
-        for i in range(cfg.loop_end, cfg.n_layers):
-            x = self.layers[i](x, cos, sin)
+            x = _apply([block for _, _, block in layers], x, cos, sin)
+            if loop_pass is not None:
+                loops = loop_pass
+                change = (x - before).flatten(1).norm(dim=1) / before.flatten(1).norm(dim=1).clamp_min(1e-12)
+                converged = loops >= min_loops and change.max().item() < tol
         return self.norm(x), loops
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # Kept apart from forward so the loss can apply the head to masked positions only.
         return self.head(hidden)
+
+
+def _apply(blocks: list[Block], x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        x = block(x, cos, sin)
+    return x

@@ -1,6 +1,6 @@
 """The trainer: a LoopMDM trained on exactly the steps its FLOPs budget buys.
 
-train(run_config, sink, checkpoint_dir) knows nothing of Ray or MLflow: it reports `sink(step, metrics)` with
+train(run, sink, checkpoint_dir) knows nothing of Ray or MLflow: it reports `sink(step, metrics)` with
 the names of metrics.py and writes atomic checkpoints into a folder it resumes from. Everything random
 is a function of (seed, step) (batches, mask ratios, masks), so a run resumed from a checkpoint ends with the
 same weights and metrics as one never stopped. Under distributed.launch the same code trains data-parallel:
@@ -9,8 +9,6 @@ gradient one process would; FLOPs and tokens are counted for the whole batch, ov
 """
 
 import contextlib
-import dataclasses
-import functools
 import hashlib
 import logging
 import math
@@ -19,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
-from . import checkpoint, diffusion, distributed, failpoints, flops, loop_sampling, metrics
+from . import checkpoint, diffusion, distributed, failpoints, metrics
 from .attention import resolve_backend
-from .config import RunConfig, load_run_config
+from .config import RunConfig, flatten, load_run_config
+from .device import autocast_for, mfu, peak_flops, pick_device
 from .errors import CheckpointError, ConfigError, LoopMDMError
-from .model import LoopMDM
 from .lr_schedule import lr_at
-from .tokenizer import mask_id, model_vocab_size
+from .model import LoopMDM
+from .plan import RunPlan, plan
 
 log = logging.getLogger(__name__)
 
@@ -37,99 +35,6 @@ Sink = Callable[[int, dict], None]
 
 class TrainingDiverged(LoopMDMError):
     """The loss became NaN or infinite."""
-
-
-def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill in what the config derives: the model's vocabulary from the tokenizer (+ mask token, padded)."""
-    needed = model_vocab_size(cfg.data.tokenizer, cfg.data.bpe_vocab_size)
-    if cfg.model.vocab_size == 0:
-        return cfg.with_model(dataclasses.replace(cfg.model, vocab_size=needed))
-    if cfg.model.vocab_size <= mask_id(cfg.data.tokenizer, cfg.data.bpe_vocab_size):
-        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} leaves no room for the tokenizer's ids and "
-                          f"the mask token; use 0 (derive it) or at least {needed}")
-    return cfg
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What a run will do, known before any data is read: the sweep's dry-run and the CLI print it.
-    With a sampled loop count (train.loop_sampling) every step's draw is known in advance (loop_sampling.py),
-    so the steps, their cumulative FLOPs and the evaluation points are exact here too."""
-    config: RunConfig  # resolved
-    params: int
-    flops_per_token: int  # training FLOPs per token (3 x forward); sampled loops: the mean over the run's steps
-    tokens_per_step: int
-    flops_per_step: int  # sampled loops: the mean over the run's steps (rounded)
-    steps: int
-    eval_steps: tuple[int, ...]
-    checkpoint_steps: tuple[int, ...]
-    loops: tuple[int, ...] = ()  # sampled loop count of each step; (): every step runs model.n_loops
-    cumulative: tuple[int, ...] = ()  # sampled loops: training FLOPs after steps 1..steps
-
-    @property
-    def total_flops(self) -> int:
-        return self.flops_after(self.steps)
-
-    def flops_after(self, done: int) -> int:
-        """Cumulative training FLOPs once `done` steps have run."""
-        if not self.loops:
-            return done * self.flops_per_step
-        return self.cumulative[done - 1] if done else 0
-
-    def loops_at(self, step: int) -> int | None:
-        """The loop count step `step` (0-based) runs; None: the model's own."""
-        return self.loops[step] if self.loops else None
-
-    def lr_position(self, step: int) -> float:
-        """Where step `step` stands in the learning-rate schedule, in steps: with sampled loops, the share of
-        the FLOPs spent before it, so the schedule follows compute, not the count of (unequal) steps."""
-        return step if not self.loops else self.flops_after(step) / self.total_flops * self.steps
-
-
-def _sampled_steps(cfg: RunConfig, sampler) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The loop counts and cumulative FLOPs of the steps the budget buys with sampled loop counts: draws in
-    order until the next step would overspend."""
-    cost, loops, cumulative, total, step = {}, [], [], 0, 0
-    while True:
-        k = sampler.draw(cfg.train.seed, step)
-        if k not in cost:
-            cost[k] = flops.train_flops_per_step(cfg.model, cfg.data.seq_len, cfg.train.batch_size, k,
-                                                 cfg.train.loop_backprop)
-        if total + cost[k] > cfg.train.budget_flops:
-            return tuple(loops), tuple(cumulative)
-        total += cost[k]
-        loops.append(k)
-        cumulative.append(total)
-        step += 1
-
-
-@functools.lru_cache(maxsize=64)
-def plan(cfg: RunConfig) -> RunPlan:
-    cfg = resolve(cfg)
-    tokens = cfg.train.batch_size * cfg.data.seq_len
-    sampler = loop_sampling.parse(cfg.train.loop_sampling)
-    if sampler.kind == "fixed":
-        loops, cumulative = (), ()
-        per_step = flops.train_flops_per_step(cfg.model, cfg.data.seq_len, cfg.train.batch_size,
-                                              backprop_loops=cfg.train.loop_backprop)
-        steps = flops.steps_for_budget(cfg.train.budget_flops, per_step)
-    else:
-        loops, cumulative = _sampled_steps(cfg, sampler)
-        steps = len(loops)
-        per_step = round(cumulative[-1] / steps) if steps else \
-            flops.train_flops_per_step(cfg.model, cfg.data.seq_len, cfg.train.batch_size)
-    if steps < 1:
-        raise ConfigError(f"train.budget_flops: {cfg.train.budget_flops:.3g} FLOPs buys no step: one step of this "
-                          f"model costs {per_step:.3g} FLOPs; raise the budget or shrink the model/batch")
-    if loops:  # the first step at which each fraction of the FLOPs is spent
-        evals = {int(np.searchsorted(cumulative, f * cumulative[-1])) + 1 for f in cfg.eval.fractions}
-    else:
-        evals = {max(1, round(f * steps)) for f in cfg.eval.fractions}
-    evals = sorted(evals | {steps})
-    every = cfg.train.checkpoint_every
-    ckpts = sorted(set(range(every, steps + 1, every)) | {steps}) if every else evals
-    return RunPlan(cfg, flops.num_params(cfg.model), round(per_step / tokens), tokens, per_step, steps,
-                   tuple(evals), tuple(ckpts), loops, cumulative)
 
 
 @dataclass
@@ -153,7 +58,6 @@ RESUMABLE_CHANGES = {"train.device", "train.compile", "train.checkpoint_loops", 
 
 def check_same_run(resume: checkpoint.Checkpoint, cfg: RunConfig):
     """Refuse to resume from a checkpoint another config wrote: it would silently mix two runs."""
-    from .config import flatten
     saved, current = flatten(resume.state.get("config", {})), flatten(cfg)
     changed = sorted(k for k in saved.keys() | current.keys()
                      if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
@@ -167,54 +71,6 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     """The RNG of one optimizer step (mask ratios and masks), independent of how the run got there."""
     digest = hashlib.sha256(f"loopmdm:{seed}:{step}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} asked, but torch sees no CUDA device; use auto or cpu")
-    return device
-
-
-def autocast_for(device: torch.device, dtype: str):
-    """A factory of autocast contexts: bf16 on CUDA by default, plain fp32 on CPU."""
-    use_bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return None
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def measured_peak(device: torch.device, trials: int = 1, reps: int = 4) -> float:
-    """A matmul ceiling measured on the spot (FLOP/s) in the training dtype, best of `trials` timings of `reps`
-    products: for MFU on CUDA cards with no datasheet peak, and for benchmarks/throughput.py."""
-    n = 1024 if device.type == "cpu" else 8192
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = 0.0
-    for _ in range(trials):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
-    return best
-
-
-def peak_flops(cfg_peak: float, device: torch.device) -> float | None:
-    """The FLOP/s that MFU divides by: train.peak_flops, else the card's datasheet bf16 peak, else one measured
-    on an unknown CUDA card. None on a CPU: a matmul timed there undercounts what the training step's kernels
-    reach (a run's metrics read MFU 1.59 against one), so no honest peak is known and MFU is not logged."""
-    if cfg_peak:
-        return cfg_peak
-    if device.type != "cuda":
-        return None
-    return flops.known_peak(torch.cuda.get_device_name(device)) or measured_peak(device)
 
 
 def build_optimizer(model: LoopMDM, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
@@ -239,7 +95,6 @@ class TrainStep:
         self.optimizer = build_optimizer(model, cfg, device)
         self.autocast = autocast_for(device, cfg.train.dtype)
         self.pad_to = 256 if device.type == "cuda" else 1  # few distinct shapes for the allocator to reuse
-        model.checkpoint_loops = cfg.train.checkpoint_loops
         if cfg.train.compile:
             for layer in model.layers:
                 layer.compile()  # per block: the loop reuses one compiled graph whatever n_loops is
@@ -277,9 +132,12 @@ def _heldout_problems(cfg: RunConfig) -> list:
     return problems(cfg.data.task, "test", cfg.eval.task_problems)
 
 
-def train(run_config: RunConfig | dict, sink: Sink | None = None,
+def train(run: RunPlan | RunConfig | dict, sink: Sink | None = None,
           checkpoint_dir: str | Path | None = None) -> TrainResult:
     """Train one run. Resumes from the newest intact checkpoint in `checkpoint_dir` if there is one.
+
+    `run` is a RunPlan (plan.plan: validated and planned already, as a sweep's worker has it), or a RunConfig or
+    the plain dict of one, validated and planned here.
 
     `sink(step, metrics)` receives metric dicts, at a checkpoint step before its checkpoint is written (a sink
     that buffers should persist there: a resume starts after that step). After a resume, steps past the
@@ -287,10 +145,11 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
     that persists should skip steps it already holds.
     """
     began = time.perf_counter()
-    cfg = load_run_config(run_config) if isinstance(run_config, dict) else run_config
-    if cfg.problems():
-        raise ConfigError(cfg.problems())
-    run = plan(cfg)
+    if not isinstance(run, RunPlan):
+        cfg = load_run_config(run) if isinstance(run, dict) else run
+        if cfg.problems():
+            raise ConfigError(cfg.problems())
+        run = plan(cfg)
     cfg = run.config
     sink = sink or (lambda step, values: None)
     resume = checkpoint.latest(checkpoint_dir)  # before any compute: a corrupt folder fails fast
@@ -320,9 +179,8 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
     phases["data"] = data_seconds
 
     torch.manual_seed(cfg.train.seed)
-    model = LoopMDM(cfg.model).to(device)
     backend = resolve_backend(cfg.model.attention, device)
-    model.set_attention_backend(backend)
+    model = LoopMDM(cfg.model, backend, cfg.train.checkpoint_loops).to(device)
     train_step = TrainStep(model, cfg, device, data.mask_id)
     optimizer = train_step.optimizer
     start, loss_sum, loss_count, train_seconds = 0, 0.0, 0, 0.0
@@ -393,12 +251,12 @@ def train(run_config: RunConfig | dict, sink: Sink | None = None,
             values[metrics.TRAIN_LOSS] = train_loss
             values[metrics.TOKENS_PER_S] = window_steps * run.tokens_per_step / elapsed
             window_flops = run.flops_after(done) - run.flops_after(done - window_steps)
-            mfu = window_flops / elapsed / (peak * world) if peak else None
-            if mfu is not None and mfu <= 1:
-                values[metrics.MFU] = mfu
-            elif mfu is not None and not mfu_warned:  # a peak below what the run achieves is not a peak
+            utilisation = mfu(window_flops, elapsed, peak, world)
+            if utilisation is not None and utilisation <= 1:
+                values[metrics.MFU] = utilisation
+            elif utilisation is not None and not mfu_warned:  # a peak below what the run achieves is not a peak
                 log.warning("not logging perf/mfu: %.2f > 1 against a peak of %.3g FLOP/s; set train.peak_flops "
-                            "to this device's real peak", mfu, peak)
+                            "to this device's real peak", utilisation, peak)
                 mfu_warned = True
             values[metrics.TRAIN_SECONDS] = train_seconds
             values.update({metrics.PHASE_SECONDS[k]: v for k, v in phases.items()})

@@ -16,7 +16,7 @@ def test_probabilities_are_the_models_attention_and_sum_to_one():
     for _, _, p in layers:
         torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[:-1]))
     # The first layer's probabilities times v give what SDPA gives the model.
-    layer, cos, sin = model.layers[0], *model._rope_for(10, "cpu")
+    layer, cos, sin = model.layers[0], *model.rope(10, "cpu")
     q, k, v = layer.attn.wqkv(layer.attn_norm(model.embed(x))).view(2, 10, 3, 4, 8).unbind(2)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     sdpa = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))

@@ -4,7 +4,7 @@ import pytest
 
 from loopmdm_core.config import RunConfig, apply_overrides, flatten, load_run_config, read_yaml
 from loopmdm_core.errors import ConfigError
-from loopmdm_core.train import plan
+from loopmdm_core.plan import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ from loopmdm_core import flops, loop_sampling, metrics
 from loopmdm_core.errors import ConfigError
 from loopmdm_core.model import LoopMDM, ModelConfig, depth_matched
 from loopmdm_core.lr_schedule import lr_at
-from loopmdm_core.train import plan, train
+from loopmdm_core.plan import plan
+from loopmdm_core.train import train
 
 from conftest import Recorder
 
@@ -100,7 +101,7 @@ def test_truncated_backprop_matches_a_hand_written_reference():
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}  # the head is unused
     model.zero_grad()
 
-    cos, sin = model._rope_for(8, x.device)
+    cos, sin = model.rope(8, x.device)
     h = model.layers[0](model._embed(x), cos, sin)
     with torch.no_grad():
         frozen = model.layers[2](model.layers[1](model.layers[2](model.layers[1](h, cos, sin), cos, sin), cos, sin),

@@ -21,7 +21,7 @@ def test_n_loops_1_is_exactly_the_plain_model():
     plain.load_state_dict(looped.state_dict())
     x = tokens()
     assert torch.equal(looped(x), plain(x))
-    assert looped.layer_schedule() == [0, 1, 2, 3]
+    assert [i for _, i, _ in looped.applied_layers()] == [0, 1, 2, 3]
 
 
 def test_loop_equals_unrolled_plain_model_with_copied_layers():
@@ -29,7 +29,8 @@ def test_loop_equals_unrolled_plain_model_with_copied_layers():
     torch.manual_seed(0)
     looped = LoopMDM(CFG)
     order = [0, 1, 2, 1, 2, 1, 2, 3]
-    assert looped.layer_schedule() == order
+    assert [(p, i) for p, i, _ in looped.applied_layers()] == \
+        [(None, 0), (1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2), (None, 3)]
     unrolled = LoopMDM(depth_matched(CFG))
     assert unrolled.cfg.n_layers == len(order)
     unrolled.embed.load_state_dict(looped.embed.state_dict())
@@ -51,6 +52,46 @@ def test_n_loops_override_per_call():
     assert not torch.allclose(model(x, n_loops=5), model(x))
     with pytest.raises(ValueError):
         model(x, n_loops=0)
+
+
+def test_applied_layers_are_the_ones_flops_counts():
+    model = LoopMDM(CFG)
+    for n in (1, 2, 5):
+        walk = list(model.applied_layers(n))
+        assert len(walk) == CFG.applied_layers(n)
+        assert all(block is model.layers[i] for _, i, block in walk)
+
+
+def test_checkpointed_loops_compute_the_same_values_and_gradients():
+    """checkpoint_loops recomputes each pass in backward: the same numbers bit for bit, with and without
+    truncated backprop; the backend given at construction is every layer's."""
+    torch.manual_seed(0)
+    plain = LoopMDM(CFG)
+    checkpointed = LoopMDM(CFG, attention_backend="sdpa", checkpoint_loops=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert all(layer.attn.backend == "sdpa" for layer in checkpointed.layers)
+    x = tokens()
+    for backprop_loops in (0, 1):
+        grads = []
+        for model in (plain, checkpointed):
+            model.zero_grad()
+            out = model(x, backprop_loops=backprop_loops)
+            out.pow(2).sum().backward()
+            grads.append((out.detach(), [p.grad for p in model.parameters() if p.grad is not None]))
+        (out_a, grad_a), (out_b, grad_b) = grads
+        assert torch.equal(out_a, out_b)
+        assert len(grad_a) == len(grad_b) and all(torch.equal(a, b) for a, b in zip(grad_a, grad_b))
+
+
+def test_run_until_converged_stops_where_the_loop_settles():
+    """Whatever the stop, the hidden states are those of a forward pass with that many loops."""
+    torch.manual_seed(0)
+    model = LoopMDM(CFG).eval()
+    x = tokens()
+    hidden, loops = model.forward_until_converged(x, tol=0.0, min_loops=1, max_loops=4)
+    assert loops == 4 and torch.equal(hidden, model(x, n_loops=4))
+    hidden, loops = model.forward_until_converged(x, tol=float("inf"), min_loops=2, max_loops=4)
+    assert loops == 2 and torch.equal(hidden, model(x, n_loops=2))
 
 
 def test_attention_is_bidirectional():

@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 from loopmdm_core import checkpoint, metrics
 from loopmdm_core.errors import CheckpointError, ConfigError
-from loopmdm_core.train import plan, train
+from loopmdm_core.plan import plan
+from loopmdm_core.train import train
 
 from conftest import Recorder
 
