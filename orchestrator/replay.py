@@ -51,6 +51,12 @@ def replay_file(client, path: Path) -> int:
     return len(batch)
 
 
+def replay_runs(client, folder: Path, run_ids: set[str]) -> int:
+    """Replay the spool files in `folder` of the runs `run_ids` (a sweep's trials); returns metrics sent."""
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    return sum(replay_file(client, path) for path in files if path.stem in run_ids)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spool", help="spool folder (default: $LOOPMDM_SPOOL, else ~/.cache/loopmdm/mlflow_spool)")

@@ -60,6 +60,8 @@ def main(argv=None) -> int:
         if phases:
             print("  summed over trials: " + ", ".join(f"{phase} {v:.0f} s" for phase, v in
                                                        {"train": outcome.train_seconds, **phases}.items()))
+    if outcome.replayed:
+        print(f"tracking: {outcome.replayed} metrics the trials had spooled while the store was down were delivered")
     for name, error in outcome.failed.items():
         print(f"  FAILED {name}: {error}")
     print(closing_text(spec.name, outcome))

@@ -24,7 +24,7 @@ from pathlib import Path
 from loopmdm_core import metrics
 from loopmdm_core.errors import ConfigError
 
-from . import lr_ladder, tracking
+from . import lr_ladder, replay, tracking
 from .spec import Resources, SweepSpec
 from .trials import SweepContext, TrialJob, TrialSpec, ladder_budget, later_trials
 
@@ -46,6 +46,7 @@ class SweepOutcome:
     train_seconds: float = 0.0  # sum over the trials of the time spent in training steps (perf/train_seconds)
     phase_seconds: dict = field(default_factory=dict)  # perf/<phase>_seconds -> sum over the trials
     experiment_id: str = ""  # the MLflow experiment (tracking.sweep_url gives its page in the UI)
+    replayed: int = 0  # metrics trials had spooled on this machine, delivered at the end of the sweep
 
     @property
     def ok(self) -> bool:
@@ -84,6 +85,11 @@ def check_cluster(resources: Resources):
                               f"such a node)")
 
 
+# The tracking server's credentials, read from the driver's environment: trials on other nodes get them through
+# the job's runtime environment (Ray keeps it in its GCS, behind the cluster's token), never through a file.
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 def init_ray(address: str | None, dashboard: bool):
     # Tune's classic CLIReporter gives one compact table of all trials (the newer output prints a box per
     # result); checkpoint snapshots every few steps are expected with tiny trials, not a bottleneck worth a warning.
@@ -94,9 +100,12 @@ def init_ray(address: str | None, dashboard: bool):
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        secrets = {k: os.environ[k] for k in CREDENTIALS if os.environ.get(k)}
+        ray.init(address=address, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": secrets} if secrets else None)
     else:
-        # A private local cluster: no dashboard unless asked (it is an HTTP server), bound to loopback.
+        # A private local cluster: no dashboard unless asked (it is an HTTP server), bound to loopback. Its
+        # workers inherit this process's environment, credentials included.
         ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
 
 
@@ -157,6 +166,7 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
         crash = f"sweep driver stopped: {type(e).__name__}: {e}"
         raise
     finally:
+        _deliver_spooled(client, exp_id, parent_id, outcome)
         _reconcile(client, exp_id, parent_id, [] if spec.search else [j.name for j in jobs], outcome)
         summary = crash or (f"{len(outcome.finished)} finished, {len(outcome.failed)} failed, "
                             f"{len(outcome.interrupted)} interrupted")
@@ -237,6 +247,17 @@ def _claim_stage2(path: Path, key: str, chosen: dict):
                           f"that had failed finished on resume; pass --restart to run the sweep again")
     path.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state))
+
+
+def _deliver_spooled(client, exp_id: str, parent_id: str, outcome: SweepOutcome):
+    """What the sweep's trials spooled on this machine while the store was down, delivered now (what trials on
+    other nodes spooled waits there for orchestrator/replay.py, unless $LOOPMDM_SPOOL is a folder all share)."""
+    try:
+        run_ids = {r.info.run_id for r in tracking.child_runs(client, exp_id, parent_id)}
+        outcome.replayed = replay.replay_runs(client, tracking.spool_dir(), run_ids)
+    except Exception as e:  # the store is down again: the spool files stay for replay.py
+        log.warning(f"spooled metrics not delivered ({type(e).__name__}: {e}); run orchestrator/replay.py once the "
+                    f"tracking store is back")
 
 
 def _reconcile(client, exp_id: str, parent_id: str, expected: list[str], outcome: SweepOutcome):

@@ -45,6 +45,8 @@ LR_CHOICE_TAG = "loopmdm.lr_choice"  # on the parent run: JSON {variant label: c
 SEARCH_CELL_TAG = "loopmdm.search_cell"  # an Optuna sample's run: the trial key of the cell it was sampled in
 BEST_TAG = "loopmdm.best."  # + a cell's trial key, on the parent run: the cell's best sample
 BACKEND_TAG = "loopmdm.attention_backend"  # the attention kernel the trial trained with
+NODE_TAG = "loopmdm.node"  # the Ray node id of the trial's latest attempt
+RESUMED_FROM_TAG = "loopmdm.resumed_from"  # the step the trial's last attempt started from (0: from scratch)
 STEP_METRIC = metrics.FLOPS  # logged at every reported step: its history tells the last step a run holds
 
 
@@ -190,20 +192,27 @@ def spool_dir() -> Path:
     return Path(os.environ.get("LOOPMDM_SPOOL") or Path.home() / ".cache" / "loopmdm" / "mlflow_spool").expanduser()
 
 
-def deliver(send, attempts: int = 4, first_wait: float = 0.5) -> bool:
-    """Call send() until it succeeds, `attempts` times at most with doubling waits (a SQLite store busy with
-    other writers, a server restarting). False when every attempt failed."""
+def retrying(call, attempts: int = 4, first_wait: float = 0.5):
+    """call()'s value, calling it `attempts` times at most with doubling waits (a SQLite store busy with other
+    writers, a server restarting); the last attempt's exception when every one failed."""
     wait = first_wait
     for attempt in range(attempts):
         try:
-            send()
-            return True
+            return call()
         except Exception:  # MLflow raises MlflowException, requests and SQLAlchemy errors: all mean "not now"
             if attempt == attempts - 1:
-                return False
+                raise
             time.sleep(wait)
             wait *= 2
-    return False
+
+
+def deliver(send, attempts: int = 4, first_wait: float = 0.5) -> bool:
+    """send() with retries (`retrying`); False when every attempt failed (the caller spools what it sent)."""
+    try:
+        retrying(send, attempts, first_wait)
+        return True
+    except Exception:
+        return False
 
 
 class TrialLogger:

@@ -14,7 +14,9 @@ import time
 import traceback
 from pathlib import Path
 
+import ray
 import torch
+from mlflow.entities import RunTag
 from ray import tune
 
 from loopmdm_core import distributed, failpoints, metrics, train
@@ -31,6 +33,11 @@ TUNE_KEYS = {metrics.TRAIN_LOSS: "train_loss", metrics.VAL_LOSS: "val_loss", met
              metrics.TOKENS_PER_S: "tokens_per_s"}
 
 
+# A trial's first calls to the tracking store wait out a restarting server (about a minute: 0.5 s doubling, 8
+# attempts) rather than fail the trial, whose retries would meet the same outage.
+STARTUP_ATTEMPTS = 8
+
+
 def tune_metric(name: str) -> str:
     return TUNE_KEYS.get(name, name.replace("/", "_"))
 
@@ -42,7 +49,7 @@ def _log_inference(logger: tracking.TrialLogger, cfg: RunConfig, root: Path, inf
     from loopmdm_core.checkpoint import load_model
     from loopmdm_core.data import load_token_data
     from loopmdm_core.evaluate import inference_eval, task_eval
-    if logger.client.get_metric_history(logger.run_id, metrics.INFER_VAL_LOSS):
+    if tracking.retrying(lambda: logger.client.get_metric_history(logger.run_id, metrics.INFER_VAL_LOSS)):
         return
     began = time.perf_counter()
     model, _ = load_model(root, device=pick_device(cfg.train.device))
@@ -67,6 +74,18 @@ def _log_inference(logger: tracking.TrialLogger, cfg: RunConfig, root: Path, inf
     logger.log_series(series)  # one batch, one transaction: a retried trial finds all of it or none
 
 
+def _open(job: TrialJob, run) -> tracking.TrialLogger:
+    """The trial's run and its logger. Opened here, the one place a trial's run is opened: created on the first
+    attempt, found again by the trial's key by a retry or a resumed sweep. The run records the node this attempt
+    runs on (a retry after a lost node runs elsewhere)."""
+    sweep = job.sweep
+    client = tracking.check_store(sweep.tracking_uri)
+    run_id = tracking.open_trial_run(client, sweep.experiment_id, sweep.parent_id, job.key, job.name, job.tags,
+                                     run.config.to_dict(), job.derived)
+    client.set_tag(run_id, tracking.NODE_TAG, ray.get_runtime_context().get_node_id())
+    return tracking.TrialLogger(sweep.tracking_uri, run_id)
+
+
 def run_trial(space: dict):
     """The Ray Tune function trainable. `space["trial"]` is a serialized TrialJob (orchestrator.trials);
     `space["search"]`, when present, holds the values an Optuna searcher sampled (dotted config keys)."""
@@ -77,12 +96,7 @@ def run_trial(space: dict):
     torch.set_num_threads(max(1, int(sweep.cpus)))  # one thread per CPU Ray gave the trial: no oversubscription
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one INFO line per checkpoint in the driver
     run = plan(job.config)
-    client = tracking.check_store(sweep.tracking_uri)
-    # Opened here, the one place a trial's run is opened: created on the first attempt, found again by the
-    # trial's key by a retry or a resumed sweep.
-    run_id = tracking.open_trial_run(client, sweep.experiment_id, sweep.parent_id, job.key, job.name, job.tags,
-                                     run.config.to_dict(), job.derived)
-    logger = tracking.TrialLogger(sweep.tracking_uri, run_id)
+    logger = tracking.retrying(lambda: _open(job, run), attempts=STARTUP_ATTEMPTS)
     failpoints.reached("trial_start")
     root = Path(sweep.checkpoint_root) / job.key
     checkpoint_steps = set(run.checkpoint_steps)
@@ -109,7 +123,9 @@ def run_trial(space: dict):
     except BaseException:  # stopped from outside (the driver ended): keep what was logged, stay resumable
         logger.flush()
         raise
-    logger.client.set_tag(run_id, tracking.BACKEND_TAG, result.attention_backend)
+    tracking.deliver(lambda: logger.client.log_batch(logger.run_id, tags=[
+        RunTag(tracking.BACKEND_TAG, result.attention_backend),
+        RunTag(tracking.RESUMED_FROM_TAG, str(result.resumed_from))]))
     logger.finish("FINISHED")
     if result.resumed_from == result.steps:  # nothing left to train: still hand Tune a final result
         tune.report({tune_metric(metrics.VAL_LOSS): result.val_loss, "step": result.steps})
