@@ -274,7 +274,8 @@ def main(argv=None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / "mlflow.db"
     if args.synthetic:
-        from benchmarks.synthetic_sweep import make_sweep
+        sys.path.insert(0, str(ROOT / "tests"))
+        from synthetic_sweep import make_sweep
         tracking.check_store(f"sqlite:///{db}")
         make_sweep(f"sqlite:///{db}", args.experiment or "iso_flops", budgets=(4e11, 1e12), seeds=(0, 1),
                    loops=((2, 1.3), (3, 1.6)), depth_factor=1.4, noise=0.01)

@@ -9,10 +9,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # a checkout without an install; the known-answer sweeps
 
-from benchmarks.synthetic_sweep import make_sweep  # noqa: E402
 from orchestrator import report, tracking  # noqa: E402
+from synthetic_sweep import make_sweep  # noqa: E402
 
 
 def main():

@@ -2,9 +2,10 @@
 scaling, attention shares and task accuracy vs inference compute; one panel per training budget.
 
 Each figure is built by a `*_figure` function that returns the matplotlib Figure (the tests read its axes) and
-written by the function of the same name without the suffix. Every variant keeps one colour, dash and marker in
-every figure: style(label, labels). Tick labels are plain numbers (no ×10^ mathtext), legends sit below the axes,
-never over the data. A variant's lines carry its label as their gid (bands: "<label> band"), for the tests.
+written by the function of the same name without the suffix. They draw plain data (plot_data), never read a sweep.
+Every variant keeps one colour, dash and marker in every figure: style(label, labels), `labels` being all the
+sweep's variant labels. Tick labels are plain numbers (no ×10^ mathtext), legends sit below the axes, never over
+the data. A variant's lines carry its label as their gid (bands: "<label> band"), for the tests.
 """
 
 import math
@@ -23,14 +24,10 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-from loopmdm_core import metrics  # noqa: E402
-from orchestrator import isoflops as iso  # noqa: E402
-from orchestrator.comparison import BASELINES, Comparison, trial_curve  # noqa: E402
-from orchestrator.sweep_data import SweepData  # noqa: E402
+from .plot_data import (AttentionShares, Bar, FinalLoss, InferenceLoops, ScheduleAccuracy, SeedLines,  # noqa: E402
+                        Series, SpeedupBars)
 
-SERIES = {"same_size": "vs same-size", "depth_matched": "vs depth-matched"}
-Y_LABELS = {metrics.VAL_LOSS: "validation loss (nats/token, ELBO)",
-            metrics.VAL_ANSWER_LOSS: "answer loss (nats per answer token, ELBO)"}
+SERIES = {"same_size": "vs same-size", "depth_matched": "vs depth-matched"}  # the speedup bars' baselines, in order
 # Colour families: same-size grey, depth-matched oranges, looped configs blues, greens and purples. Within a family
 # the colours go to the sweep's labels in sorted order (style()).
 PALETTES = {
@@ -86,17 +83,6 @@ def style(label: str, labels=()) -> Style:
     palette = PALETTES[kind]
     dash = "--" if "~" in label else "-." if "/bp" in label else "-"
     return Style(palette[members.index(label) % len(palette)], dash, MARKERS[kind])
-
-
-def sweep_labels(source) -> tuple[str, ...]:
-    """Every variant label of a sweep, from its SweepData (the compared trials) or its Comparison (the same
-    set: one row per label and budget)."""
-    if isinstance(source, SweepData):
-        return tuple(sorted({t.label for t in source.compared}))
-    c = source
-    found = {r.label for r in c.rows} | {r.label for r in c.accuracy}
-    found |= {r["label"] for r in [*c.loop_scaling, *c.attention, *c.task]}
-    return tuple(sorted(found))
 
 
 def plain(x: float) -> str:
@@ -165,46 +151,24 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _seed_band(curves: list[tuple[np.ndarray, np.ndarray]]):
-    """(grid, mean, low, high) of per-seed curves (FLOPs, value) on the FLOPs range all seeds span: every seed's
-    evaluation points in it, each seed interpolated linearly in log FLOPs (seeds of a sampled loop count evaluate
-    at different FLOPs). None when the seeds share no range."""
-    lo, hi = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
-    if hi < lo:
-        return None
-    grid = np.unique(np.concatenate([x[(x >= lo) & (x <= hi)] for x, _ in curves]))
-    ys = np.array([np.interp(np.log(grid), np.log(x), y) for x, y in curves])
-    return grid, ys.mean(0), ys.min(0), ys.max(0)
-
-
 def _budgets(values) -> list[float]:
     return sorted(set(values))
 
 
-def loss_vs_flops_figure(data: SweepData, metric: str) -> Figure:
-    """One panel per budget: each variant's seed-mean envelope of the compared loss (`metric`), with a band from
-    the best to the worst seed; the trials the comparisons use (no LR-ladder candidates)."""
-    labels = sweep_labels(data)
-    budgets = _budgets(t.budget for t in data.compared)
+def loss_vs_flops_figure(series: list[Series], labels, y_label: str) -> Figure:
+    """One panel per budget: each variant's seed-mean loss curve, with a band from the best to the worst seed."""
+    budgets = _budgets(r.budget for r in series)
     fig, axes = _panels(len(budgets))
     entries, seeds = {}, defaultdict(set)
     for ax, budget in zip(axes[0], budgets):
-        by_label = defaultdict(list)
-        for t in data.compared:
-            if t.budget == budget:
-                by_label[t.label].append(iso.envelope(trial_curve(t, metric)))
-        for label in sorted(by_label, key=sort_key):
-            curves, s = by_label[label], style(label, labels)
-            lo, hi = max(c.flops[0] for c in curves), min(c.flops[-1] for c in curves)
-            grid = np.geomspace(lo, hi, 50) if hi > lo else np.array([lo])
-            ys = np.array([[iso.loss_at(c, x) for x in grid] for c in curves], dtype=float)
-            ax.plot(grid, ys.mean(0), s.linestyle, color=s.color, marker=s.marker if len(grid) == 1 else None,
-                    gid=label)
-            if len(curves) > 1:
-                ax.fill_between(grid, ys.min(0), ys.max(0), color=s.color, alpha=0.15, lw=0, gid=f"{label} band")
-            entries[label] = _handle(s)
-            seeds[label].add(len(curves))
-        ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=Y_LABELS[metric],
+        for r in sorted((r for r in series if r.budget == budget), key=lambda r: sort_key(r.label)):
+            s = style(r.label, labels)
+            ax.plot(r.xs, r.ys, s.linestyle, color=s.color, marker=s.marker if len(r.xs) == 1 else None, gid=r.label)
+            if r.low is not None:
+                ax.fill_between(r.xs, r.low, r.high, color=s.color, alpha=0.15, lw=0, gid=f"{r.label} band")
+            entries[r.label] = _handle(s)
+            seeds[r.label].add(r.seeds)
+        ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=y_label,
                title=f"budget {flops_text(budget)} FLOPs")
         ax.grid(True, which="both", alpha=0.3)
         _log_ticks(ax, "x", flops_text)
@@ -213,52 +177,51 @@ def loss_vs_flops_figure(data: SweepData, metric: str) -> Figure:
     return fig
 
 
-def loss_vs_flops(data: SweepData, metric: str, path: Path) -> Path:
-    return _save(loss_vs_flops_figure(data, metric), path)
+def loss_vs_flops(series: list[Series], labels, y_label: str, path: Path) -> Path:
+    return _save(loss_vs_flops_figure(series, labels, y_label), path)
 
 
-def speedup_bars_figure(comparison: Comparison) -> Figure:
+def speedup_bars_figure(configs: list[SpeedupBars]) -> Figure:
     """One panel per budget: the median speedup over seeds of each loop config over its baselines, with the
     bootstrap 95% interval (down to 0 where its low end is a seed that never reached the target). A cell whose
     median seed never reached the target is an empty hatched bar up to the interval's high end (1.0x if none
     reached), never a plain bar; every bar says how many seeds reached. The legend lists only the series that
     have bars."""
-    rows = [r for r in comparison.rows if r.variant == "loop"]
-    budgets = _budgets(r.budget for r in rows) or [0.0]
-    most = max([sum(r.budget == b for r in rows) for b in budgets] + [1])
+    budgets = _budgets(c.budget for c in configs) or [0.0]
+    most = max([sum(c.budget == b for c in configs) for b in budgets] + [1])
     fig, axes = _panels(len(budgets), width=max(5.0, 1.8 * most + 1.5), height=4.8, sharey=True)
     width = 0.38
     drawn, censored = set(), False
     for ax, budget in zip(axes[0], budgets):
-        here = [r for r in rows if r.budget == budget]
-        for k, variant in enumerate(BASELINES):
-            for i, row in enumerate(here):
-                versus = row.versus.get(variant)
-                if versus is None:
+        here = [c for c in configs if c.budget == budget]
+        for k, variant in enumerate(SERIES):
+            for i, config in enumerate(here):
+                bar = config.bars.get(variant)
+                if bar is None:
                     continue
                 drawn.add(variant)
-                censored |= _speedup_bar(ax, i + (k - 0.5) * width, width, versus.speedup, COLORS[variant])
+                censored |= _speedup_bar(ax, i + (k - 0.5) * width, width, bar, COLORS[variant])
         ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_xticks(range(len(here)), [r.label for r in here], fontsize=8)
+        ax.set_xticks(range(len(here)), [c.label for c in here], fontsize=8)
         ax.set(title=f"budget {flops_text(budget)} FLOPs" if budget else "no loop config")
     top = max(ax.get_ylim()[1] for ax in axes[0])
     axes[0][0].set_ylim(0, top * 1.15)  # shared: room for the annotations above the tallest bar
     axes[0][0].set_ylabel("speedup (x fewer FLOPs to the baseline's final loss)")
     fig.suptitle("speedup: median over seeds, bootstrap 95% interval")
-    handles = [Patch(color=COLORS[v], label=SERIES[v]) for v in BASELINES if v in drawn]
+    handles = [Patch(color=COLORS[v], label=SERIES[v]) for v in SERIES if v in drawn]
     if censored:
         handles.append(Patch(fill=False, hatch="//", label="median seed: not reached"))
     _legend_below(fig, {h.get_label(): h for h in handles})
     return fig
 
 
-def speedup_bars(comparison: Comparison, path: Path) -> Path:
-    return _save(speedup_bars_figure(comparison), path)
+def speedup_bars(configs: list[SpeedupBars], path: Path) -> Path:
+    return _save(speedup_bars_figure(configs), path)
 
 
-def _speedup_bar(ax, x: float, width: float, s: iso.CensoredMedian, color: str) -> bool:
+def _speedup_bar(ax, x: float, width: float, s: Bar, color: str) -> bool:
     """One cell's bar and its annotation; True when it is censored (hatched)."""
-    if s.median is None:
+    if s.censored:
         top = 1.0 if s.high is None else s.high
         ax.bar(x, top, width, fill=False, hatch="//", edgecolor=color)
         ax.annotate(f"not reached\n{s.reached}/{s.seeds} reached", (x, top), ha="center", va="bottom", fontsize=7)
@@ -272,65 +235,60 @@ def _speedup_bar(ax, x: float, width: float, s: iso.CensoredMedian, color: str) 
     return False
 
 
-def loss_vs_loops_figure(comparison: Comparison) -> Figure:
+def loss_vs_loops_figure(points: list[FinalLoss], labels, y_label: str) -> Figure:
     """One panel per budget: final compared loss against the number of loops (same-size = 1 loop), one line per
     loop range and loop sampling, each point in its variant's colour."""
-    labels = sweep_labels(comparison)
-    budgets = _budgets(r.budget for r in comparison.rows)
+    budgets = _budgets(r.budget for r in points)
     fig, axes = _panels(len(budgets), height=4.0)
     entries = {}
     for ax, budget in zip(axes[0], budgets):
-        here = [r for r in comparison.rows if r.budget == budget]
+        here = [r for r in points if r.budget == budget]
         same = next((r for r in here if r.variant == "same_size"), None)
         lines = defaultdict(list)  # the label without its loop count: loop[1,3), loop[0,2)~uniform:1:3
         for r in here:
             if r.variant == "loop":
                 lines[re.sub(r"x\d+", "", r.label, count=1)].append(r)
         for name in sorted(lines, key=lambda n: _order(lines[n][0].label)):
-            points = sorted(lines[name], key=lambda r: r.n_loops)
+            line = sorted(lines[name], key=lambda r: r.n_loops)
             if same is not None:
-                points = [same] + points
-            s = style(points[-1].label if same is None else points[1].label, labels)
-            ax.plot([r.n_loops for r in points], [r.final_loss.mean for r in points], s.linestyle, color=s.color,
+                line = [same] + line
+            s = style(line[-1].label if same is None else line[1].label, labels)
+            ax.plot([r.n_loops for r in line], [r.loss.mean for r in line], s.linestyle, color=s.color,
                     alpha=0.6, gid=f"{name} line")
-            for r in points:
+            for r in line:
                 p = style(r.label, labels)
-                ax.errorbar([r.n_loops], [r.final_loss.mean], yerr=[[r.final_loss.mean - r.final_loss.low],
-                                                                    [r.final_loss.high - r.final_loss.mean]],
+                ax.errorbar([r.n_loops], [r.loss.mean], yerr=[[r.loss.mean - r.loss.low], [r.loss.high - r.loss.mean]],
                             marker=p.marker, color=p.color, capsize=3, linestyle="none").lines[0].set_gid(r.label)
                 entries[r.label] = _handle(p, marker=True)
         if not lines:
             ax.text(0.5, 0.5, "no looped config at this budget", transform=ax.transAxes, ha="center")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set(xlabel="n_loops (1 = the same-size baseline)", ylabel=f"final {Y_LABELS[comparison.loss_metric]}",
+        ax.set(xlabel="n_loops (1 = the same-size baseline)", ylabel=f"final {y_label}",
                title=f"budget {flops_text(budget)} FLOPs: final loss vs loops")
         ax.grid(True, alpha=0.3)
     _legend_below(fig, {label: entries[label] for label in sorted(entries, key=sort_key)})
     return fig
 
 
-def loss_vs_loops(comparison: Comparison, path: Path) -> Path:
-    return _save(loss_vs_loops_figure(comparison), path)
+def loss_vs_loops(points: list[FinalLoss], labels, y_label: str, path: Path) -> Path:
+    return _save(loss_vs_loops_figure(points, labels, y_label), path)
 
 
-def loss_vs_inference_loops_figure(comparison: Comparison) -> Figure:
+def loss_vs_inference_loops_figure(rows: list[InferenceLoops], labels) -> Figure:
     """One panel per budget: validation loss of the trained weights at each inference loop count (more loops =
     more compute), a star at the trained count."""
-    labels = sweep_labels(comparison)
-    budgets = _budgets(r["budget"] for r in comparison.loop_scaling)
+    budgets = _budgets(r.budget for r in rows)
     fig, axes = _panels(len(budgets), height=4.0)
     entries = {}
     for ax, budget in zip(axes[0], budgets):
-        for r in sorted((r for r in comparison.loop_scaling if r["budget"] == budget),
-                        key=lambda r: sort_key(r["label"])):
-            s = style(r["label"], labels)
-            ks = sorted(r["val_loss"])
-            ax.plot(ks, [r["val_loss"][k].mean for k in ks], s.linestyle, color=s.color, marker=s.marker, ms=5,
-                    gid=r["label"])
-            if r["trained_loops"] in r["val_loss"]:
-                ax.plot([r["trained_loops"]], [r["val_loss"][r["trained_loops"]].mean], "*", ms=15, color=s.color,
-                        markeredgecolor="black", markeredgewidth=0.5, gid=f"{r['label']} trained")
-            entries[f"{r['label']} ({_seeds({r['seeds']})})"] = _handle(s, marker=True)
+        for r in sorted((r for r in rows if r.budget == budget), key=lambda r: sort_key(r.label)):
+            s = style(r.label, labels)
+            ks = sorted(r.loss)
+            ax.plot(ks, [r.loss[k] for k in ks], s.linestyle, color=s.color, marker=s.marker, ms=5, gid=r.label)
+            if r.trained_loops in r.loss:
+                ax.plot([r.trained_loops], [r.loss[r.trained_loops]], "*", ms=15, color=s.color,
+                        markeredgecolor="black", markeredgewidth=0.5, gid=f"{r.label} trained")
+            entries[f"{r.label} ({_seeds({r.seeds})})"] = _handle(s, marker=True)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="n_loops at inference (star: the trained count)", ylabel="validation loss (nats/token)",
                title=f"budget {flops_text(budget)} FLOPs: inference-time loop scaling")
@@ -339,30 +297,28 @@ def loss_vs_inference_loops_figure(comparison: Comparison) -> Figure:
     return fig
 
 
-def loss_vs_inference_loops(comparison: Comparison, path: Path) -> Path:
-    return _save(loss_vs_inference_loops_figure(comparison), path)
+def loss_vs_inference_loops(rows: list[InferenceLoops], labels, path: Path) -> Path:
+    return _save(loss_vs_inference_loops_figure(rows, labels), path)
 
 
-def attention_shares_figure(comparison: Comparison) -> Figure:
+def attention_shares_figure(shares: list[AttentionShares], labels) -> Figure:
     """One panel per budget: the mask->mask attention share per layer application (x: position in the unrolled
     stack), ticks named after the variant with the most applications (looped first), rotated and thinned."""
-    labels = sweep_labels(comparison)
-    budgets = _budgets(r["budget"] for r in comparison.attention)
+    budgets = _budgets(r.budget for r in shares)
     fig, axes = _panels(len(budgets), width=6.0, height=4.4, sharey=True)
     entries = {}
     for ax, budget in zip(axes[0], budgets):
-        rows = sorted((r for r in comparison.attention if r["budget"] == budget),
-                      key=lambda r: sort_key(r["label"]))
+        rows = sorted((r for r in shares if r.budget == budget), key=lambda r: sort_key(r.label))
         for r in rows:
-            s = style(r["label"], labels)
-            ax.plot(range(len(r["share"])), [v.mean for v in r["share"]], s.linestyle, color=s.color,
-                    marker=s.marker, ms=5, gid=r["label"])
-            entries[f"{r['label']} ({_seeds({r['seeds']})})"] = _handle(s, marker=True)
-        names = max(rows, key=lambda r: (len(r["layers"]), family(r["label"]) == "loop"))
-        step = math.ceil(len(names["layers"]) / MAX_X_LABELS)
-        ticks = list(range(0, len(names["layers"]), step))
-        ax.set_xticks(ticks, [names["layers"][i] for i in ticks], rotation=45, ha="right", fontsize=8)
-        ax.set(xlabel=f"layer application in unrolled order (names: {names['label']})",
+            s = style(r.label, labels)
+            ax.plot(range(len(r.shares)), list(r.shares), s.linestyle, color=s.color, marker=s.marker, ms=5,
+                    gid=r.label)
+            entries[f"{r.label} ({_seeds({r.seeds})})"] = _handle(s, marker=True)
+        names = max(rows, key=lambda r: (len(r.layers), family(r.label) == "loop"))
+        step = math.ceil(len(names.layers) / MAX_X_LABELS)
+        ticks = list(range(0, len(names.layers), step))
+        ax.set_xticks(ticks, [names.layers[i] for i in ticks], rotation=45, ha="right", fontsize=8)
+        ax.set(xlabel=f"layer application in unrolled order (names: {names.label})",
                ylabel="attention share of masked queries on masked keys",
                title=f"budget {flops_text(budget)} FLOPs: attention among masked positions")
         ax.grid(True, alpha=0.3)
@@ -370,78 +326,68 @@ def attention_shares_figure(comparison: Comparison) -> Figure:
     return fig
 
 
-def attention_shares(comparison: Comparison, path: Path) -> Path:
-    return _save(attention_shares_figure(comparison), path)
+def attention_shares(shares: list[AttentionShares], labels, path: Path) -> Path:
+    return _save(attention_shares_figure(shares, labels), path)
 
 
-def accuracy_vs_inference_flops_figure(comparison: Comparison) -> Figure:
+def accuracy_vs_inference_flops_figure(points: list[ScheduleAccuracy], labels) -> Figure:
     """One panel per budget: task accuracy against forward FLOPs per answer, fixed loop counts as a line per
     variant, adaptive schedules as labelled diamonds (up and left of the line = compute saved at equal
     quality)."""
-    labels = sweep_labels(comparison)
-    budgets = _budgets(r["budget"] for r in comparison.task)
+    budgets = _budgets(r.budget for r in points)
     fig, axes = _panels(len(budgets), width=6.5, height=4.4, sharey=True)
     entries = {}
     for ax, budget in zip(axes[0], budgets):
         by_label = defaultdict(list)
-        for r in comparison.task:
-            if r["budget"] == budget:
-                by_label[r["label"]].append(r)
+        for r in points:
+            if r.budget == budget:
+                by_label[r.label].append(r)
         for label in sorted(by_label, key=sort_key):
             rows, s = by_label[label], style(label, labels)
-            fixed = sorted((r for r in rows if r["schedule"].startswith("fixed:")),
-                           key=lambda r: r["flops_per_problem"])
-            accs = [r["accuracy"] for r in fixed]
-            ax.errorbar([r["flops_per_problem"] / 1e9 for r in fixed], [a.mean for a in accs],
+            fixed = sorted((r for r in rows if r.fixed), key=lambda r: r.flops_per_answer)
+            accs = [r.accuracy for r in fixed]
+            ax.errorbar([r.flops_per_answer / 1e9 for r in fixed], [a.mean for a in accs],
                         yerr=[[a.mean - a.low for a in accs], [a.high - a.mean for a in accs]], marker=s.marker,
                         color=s.color, linestyle=s.linestyle, capsize=3).lines[0].set_gid(label)
             entries[f"{label}: fixed loops"] = _handle(s, marker=True)
             for r in rows:
-                if not r["schedule"].startswith("fixed:"):
-                    x, y = r["flops_per_problem"] / 1e9, r["accuracy"].mean
+                if not r.fixed:
+                    x, y = r.flops_per_answer / 1e9, r.accuracy.mean
                     ax.plot([x], [y], "D", color=s.color, markeredgecolor="black", markeredgewidth=0.5)
-                    ax.annotate(r["schedule"], (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                    ax.annotate(r.schedule, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7,
                                 color=s.color)
         ax.set(xlabel="forward GFLOPs per answer", ylabel="exact-match accuracy (95% Wilson interval)",
                title=f"budget {flops_text(budget)} FLOPs: task accuracy vs inference compute")
         ax.grid(True, alpha=0.3)
-    if any(not r["schedule"].startswith("fixed:") for r in comparison.task):
+    if any(not r.fixed for r in points):
         entries["adaptive schedule"] = Line2D([], [], color="black", marker="D", linestyle="none")
     _legend_below(fig, entries)
     return fig
 
 
-def accuracy_vs_inference_flops(comparison: Comparison, path: Path) -> Path:
-    return _save(accuracy_vs_inference_flops_figure(comparison), path)
+def accuracy_vs_inference_flops(points: list[ScheduleAccuracy], labels, path: Path) -> Path:
+    return _save(accuracy_vs_inference_flops_figure(points, labels), path)
 
 
-def accuracy_vs_flops_figure(data: SweepData) -> Figure:
-    """One panel per budget: each variant's held-out accuracy (val/accuracy) against training FLOPs, the seed
-    mean as a line and the range from the lowest to the highest seed as a translucent band."""
-    labels = sweep_labels(data)
-    having = [t for t in data.compared if t.accuracy_curve]
-    budgets = _budgets(t.budget for t in having)
+def accuracy_vs_flops_figure(series: list[Series | SeedLines], labels) -> Figure:
+    """One panel per budget: each variant's held-out accuracy against training FLOPs, the seed mean as a line and
+    the range from the lowest to the highest seed as a translucent band; seeds that share no FLOPs range each
+    alone, thin."""
+    budgets = _budgets(r.budget for r in series)
     fig, axes = _panels(len(budgets))
     entries, seeds = {}, defaultdict(set)
     for ax, budget in zip(axes[0], budgets):
-        by_label = defaultdict(list)
-        for t in having:
-            if t.budget == budget:
-                c = iso.accuracy_curve(*zip(*t.accuracy_curve))
-                by_label[t.label].append((c.flops, c.accuracy))
-        for label in sorted(by_label, key=sort_key):
-            curves, s = by_label[label], style(label, labels)
-            band = _seed_band(curves)
-            if band is None:  # the seeds share no FLOPs range: each seed alone, thin
-                for x, y in curves:
-                    ax.plot(x, y, s.linestyle, color=s.color, lw=0.8, alpha=0.7, gid=f"{label} seed")
+        for r in sorted((r for r in series if r.budget == budget), key=lambda r: sort_key(r.label)):
+            s = style(r.label, labels)
+            if isinstance(r, SeedLines):
+                for x, y in r.lines:
+                    ax.plot(x, y, s.linestyle, color=s.color, lw=0.8, alpha=0.7, gid=f"{r.label} seed")
             else:
-                grid, mean, low, high = band
-                ax.plot(grid, mean, s.linestyle, color=s.color, marker=s.marker, ms=3, gid=label)
-                if len(curves) > 1:
-                    ax.fill_between(grid, low, high, color=s.color, alpha=0.15, lw=0, gid=f"{label} band")
-            entries[label] = _handle(s)
-            seeds[label].add(len(curves))
+                ax.plot(r.xs, r.ys, s.linestyle, color=s.color, marker=s.marker, ms=3, gid=r.label)
+                if r.low is not None:
+                    ax.fill_between(r.xs, r.low, r.high, color=s.color, alpha=0.15, lw=0, gid=f"{r.label} band")
+            entries[r.label] = _handle(s)
+            seeds[r.label].add(r.seeds)
         ax.set(xscale="log", ylim=(0, 1), xlabel="training FLOPs", ylabel="held-out exact-match accuracy",
                title=f"budget {flops_text(budget)} FLOPs")
         ax.grid(True, which="both", alpha=0.3)
@@ -450,5 +396,5 @@ def accuracy_vs_flops_figure(data: SweepData) -> Figure:
     return fig
 
 
-def accuracy_vs_flops(data: SweepData, path: Path) -> Path:
-    return _save(accuracy_vs_flops_figure(data), path)
+def accuracy_vs_flops(series: list[Series | SeedLines], labels, path: Path) -> Path:
+    return _save(accuracy_vs_flops_figure(series, labels), path)

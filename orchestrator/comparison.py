@@ -166,16 +166,79 @@ class LearningRates:
 
 
 @dataclass(frozen=True)
+class IsoFlopsRow:
+    """A loop config's speedups across budgets: each variant's curve through its final losses at every budget."""
+    label: str
+    budgets: list[float]
+    vs_same_size: iso.CensoredMedian
+    vs_depth_matched: iso.CensoredMedian
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "budgets": self.budgets, "vs_same_size": self.vs_same_size.as_dict(),
+                "vs_depth_matched": self.vs_depth_matched.as_dict()}
+
+
+@dataclass(frozen=True)
+class LoopScalingRow:
+    """Validation loss of one (label, budget)'s trained weights run with each number of loops, over seeds."""
+    label: str
+    budget: float
+    trained_loops: int | None
+    seeds: int
+    val_loss: dict[int, iso.Interval]  # inference loop count -> loss over seeds
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "budget": self.budget, "trained_loops": self.trained_loops,
+                "seeds": self.seeds, "val_loss": {k: v.mean for k, v in self.val_loss.items()}}
+
+
+@dataclass(frozen=True)
+class AttentionRow:
+    """Mask->mask attention share of one (label, budget) per layer application in unrolled order, over seeds."""
+    label: str
+    budget: float
+    seeds: int
+    layers: list[str]  # applied_layer_names
+    share: list[iso.Interval]
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "budget": self.budget, "seeds": self.seeds, "layers": self.layers,
+                "share": [v.mean for v in self.share]}
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """Reasoning-task accuracy of one (label, budget) under one inference loop schedule, pooled over seeds."""
+    label: str
+    budget: float
+    schedule: str  # fixed:k, or an adaptive schedule
+    seeds: int
+    accuracy: iso.Interval  # Wilson over all seeds' problems
+    flops_per_problem: float  # forward FLOPs, seed mean
+    compute_saved: float | None = None  # adaptive only: against the cheapest fixed count as accurate; None: none is
+
+    @property
+    def fixed(self) -> bool:
+        return self.schedule.startswith("fixed:")
+
+    def as_dict(self) -> dict:
+        a = self.accuracy
+        return {"label": self.label, "budget": self.budget, "schedule": self.schedule, "seeds": self.seeds,
+                "accuracy": {"mean": a.mean, "low": a.low, "high": a.high, "problems": a.n},
+                "flops_per_problem": self.flops_per_problem, "compute_saved": self.compute_saved}
+
+
+@dataclass(frozen=True)
 class Comparison:
     rows: list[Row]
     loss_metric: str = metrics.VAL_LOSS  # the loss every curve, speedup and extrapolation reads
-    iso_rows: list[dict] = field(default_factory=list)  # across budgets, from finished schedules
+    iso_rows: list[IsoFlopsRow] = field(default_factory=list)  # across budgets, from finished schedules
     extrapolations: list[Trend] = field(default_factory=list)  # power-law trends: clearly marked, never in `rows`
     trials_used: int = 0
     candidates_left_out: int = 0  # LR-ladder candidates: only in `learning_rates`
-    loop_scaling: list[dict] = field(default_factory=list)  # per (label, budget): n_loops -> mean val loss
-    attention: list[dict] = field(default_factory=list)  # per (label, budget): mean share per layer application
-    task: list[dict] = field(default_factory=list)  # per (label, budget, schedule): accuracy, FLOPs, compute saved
+    loop_scaling: list[LoopScalingRow] = field(default_factory=list)
+    attention: list[AttentionRow] = field(default_factory=list)
+    task: list[TaskRow] = field(default_factory=list)
     accuracy: list[AccuracyRow] = field(default_factory=list)  # held-out accuracy (val/accuracy) at training end
     learning_rates: LearningRates = field(default_factory=lambda: LearningRates(None))
 
@@ -225,8 +288,8 @@ def compare(data: SweepData) -> Comparison:
     cells = sorted(by_cell.items(), key=lambda kv: (kv[0][1], order.get(kv[1][0].variant, 3), kv[0][0]))
     rows = [_row(cell, groups, metric) for _, cell in cells]
     return Comparison(rows, metric, _iso_rows(trials, groups, metric), _extrapolations(trials, groups, metric),
-                      len(trials), len(data.finished) - len(trials), _inference_rows(by_cell, "loop_scaling"),
-                      _inference_rows(by_cell, "attention"), _task_rows(by_cell),
+                      len(trials), len(data.finished) - len(trials), _loop_scaling_rows(by_cell),
+                      _attention_rows(by_cell), _task_rows(by_cell),
                       [r for _, cell in cells if (r := _accuracy_row(cell, groups))],
                       learning_rates(data, metric))
 
@@ -339,52 +402,56 @@ def applied_layer_names(t: TrialRecord) -> list[str]:
     return names + [f"L{i}" for i in range(end, layers)]
 
 
-def _inference_rows(by_cell, attr: str) -> list[dict]:
-    """Seed means of the after-training evaluations, per (label, budget) that has them."""
+def _cells_having(by_cell, has) -> list[tuple[str, float, list[TrialRecord]]]:
+    """(label, budget, its trials for which `has` holds) per cell that has any, by budget then label."""
     out = []
     for (label, budget), trials in sorted(by_cell.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        having = [t for t in trials if getattr(t, attr)]
-        if not having:
-            continue
-        if attr == "loop_scaling":
-            loops = sorted(set.intersection(*(set(t.loop_scaling) for t in having)))
-            values = {k: iso.bootstrap([t.loop_scaling[k] for t in having]) for k in loops}
-            out.append({"label": label, "budget": budget, "trained_loops": having[0].param("model.n_loops"),
-                        "seeds": len(having), "val_loss": values})
-        else:
-            shares = [iso.bootstrap([t.attention[i] for t in having]) for i in range(min(len(t.attention)
-                                                                                        for t in having))]
-            out.append({"label": label, "budget": budget, "seeds": len(having),
-                        "layers": applied_layer_names(having[0])[:len(shares)], "share": shares})
+        having = [t for t in trials if has(t)]
+        if having:
+            out.append((label, budget, having))
     return out
 
 
-def _task_rows(by_cell) -> list[dict]:
+def _loop_scaling_rows(by_cell) -> list[LoopScalingRow]:
+    """Seed means of the loss at each inference loop count every seed evaluated."""
+    out = []
+    for label, budget, having in _cells_having(by_cell, lambda t: t.loop_scaling):
+        loops = sorted(set.intersection(*(set(t.loop_scaling) for t in having)))
+        values = {k: iso.bootstrap([t.loop_scaling[k] for t in having]) for k in loops}
+        out.append(LoopScalingRow(label, budget, having[0].param("model.n_loops"), len(having), values))
+    return out
+
+
+def _attention_rows(by_cell) -> list[AttentionRow]:
+    """Seed means of the attention share per layer application, over the applications every seed has."""
+    out = []
+    for label, budget, having in _cells_having(by_cell, lambda t: t.attention):
+        shares = [iso.bootstrap([t.attention[i] for t in having]) for i in range(min(len(t.attention)
+                                                                                    for t in having))]
+        out.append(AttentionRow(label, budget, len(having), applied_layer_names(having[0])[:len(shares)], shares))
+    return out
+
+
+def _task_rows(by_cell) -> list[TaskRow]:
     """Reasoning-task accuracy per (label, budget, schedule), pooled over seeds (Wilson interval over all their
     problems), with mean forward FLOPs per problem; an adaptive schedule also gets the compute it saves against
     the cheapest fixed loop count of the same models that is at least as accurate."""
     out = []
-    for (label, budget), trials in sorted(by_cell.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        having = [t for t in trials if t.task and t.task_problems]
-        if not having:
-            continue
+    for label, budget, having in _cells_having(by_cell, lambda t: t.task and t.task_problems):
         schedules = [s for s in having[0].task if all(s in t.task for t in having)]
         rows = []
         for sched in schedules:
             correct = sum(round(t.task[sched][0] * t.task_problems) for t in having)
             total = sum(t.task_problems for t in having)
-            rows.append({"label": label, "budget": budget, "schedule": sched, "seeds": len(having),
-                         "accuracy": iso.wilson(correct, total),
-                         "flops_per_problem": sum(t.task[sched][1] for t in having) / len(having)})
-        fixed = [(r["flops_per_problem"], r["accuracy"].mean) for r in rows if r["schedule"].startswith("fixed:")]
-        for r in rows:
-            r["compute_saved"] = None if r["schedule"].startswith("fixed:") else \
-                iso.compute_saved(fixed, r["flops_per_problem"], r["accuracy"].mean)
-        out += rows
+            rows.append(TaskRow(label, budget, sched, len(having), iso.wilson(correct, total),
+                                sum(t.task[sched][1] for t in having) / len(having)))
+        fixed = [(r.flops_per_problem, r.accuracy.mean) for r in rows if r.fixed]
+        out += [r if r.fixed else replace(r, compute_saved=iso.compute_saved(fixed, r.flops_per_problem,
+                                                                             r.accuracy.mean)) for r in rows]
     return out
 
 
-def _iso_rows(trials: list[TrialRecord], groups, metric: str) -> list[dict]:
+def _iso_rows(trials: list[TrialRecord], groups, metric: str) -> list[IsoFlopsRow]:
     """Speedups from finished schedules: each variant's curve through its final losses at every budget."""
     budgets = sorted({t.budget for t in trials})
     if len(budgets) < 2:
@@ -404,8 +471,8 @@ def _iso_rows(trials: list[TrialRecord], groups, metric: str) -> list[dict]:
                 if len(finals[variant]) >= 2 and len(finals["loop"]) >= 2:
                     per_variant[variant].append(iso.speedup(iso.iso_curve(finals[variant]),
                                                             iso.iso_curve(finals["loop"])))
-        out.append({"label": label, "budgets": budgets,
-                    **{f"vs_{v}": summarize(per_variant[v]) for v in BASELINES}})
+        out.append(IsoFlopsRow(label, budgets, summarize(per_variant["same_size"]),
+                               summarize(per_variant["depth_matched"])))
     return out
 
 

@@ -1,5 +1,6 @@
-"""A synthetic sweep written into a real MLflow store, with known answers: for the report's tests and its
-scale benchmark. Each loop variant's curve is its same-size baseline's curve shifted by a known FLOPs factor."""
+"""A synthetic sweep written into a real MLflow store, with known answers: for the report's tests and the
+benchmarks that need a store (report_scale.py, mlflow_ui_check.py). Each loop variant's curve is its same-size
+baseline's curve shifted by a known FLOPs factor."""
 
 import numpy as np
 from mlflow.entities import Metric

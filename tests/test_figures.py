@@ -1,15 +1,21 @@
 """The report's figures, read from their matplotlib objects (no MLflow, no Ray): plain tick labels, legends off the
 data, integer loop axes, one panel per budget, readable layer labels, one colour per variant in every figure, seed
-bands instead of vertical strokes."""
+bands instead of vertical strokes; and dashboards/ as a leaf that draws plain data, importing nothing of the
+project."""
 
+import ast
 import itertools
+from dataclasses import replace
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from dashboards import figures
+from dashboards.plot_data import AttentionShares, SeedLines
 from orchestrator import isoflops as iso
+from orchestrator import report_figures
 from orchestrator.comparison import Comparison, Row, Versus, compare
 from orchestrator.sweep_data import SweepData, TrialRecord
 
@@ -87,21 +93,40 @@ def tick_texts(axis, minor: bool = True):
     return [t.label1.get_text() for t in ticks if lo <= t.get_loc() <= hi and t.label1.get_text()]
 
 
+def loss_figure(data):
+    series = report_figures.loss_series(data, "val/loss")
+    return figures.loss_vs_flops_figure(series, report_figures.sweep_labels(data), "validation loss")
+
+
 def builders(data, comparison):
-    return {"loss_vs_flops": lambda: figures.loss_vs_flops_figure(data, "val/loss"),
-            "speedup_bars": lambda: figures.speedup_bars_figure(comparison),
-            "loss_vs_loops": lambda: figures.loss_vs_loops_figure(comparison),
-            "accuracy_vs_flops": lambda: figures.accuracy_vs_flops_figure(data),
-            "loss_vs_inference_loops": lambda: figures.loss_vs_inference_loops_figure(comparison),
-            "attention_shares": lambda: figures.attention_shares_figure(comparison),
-            "accuracy_vs_inference_flops": lambda: figures.accuracy_vs_inference_flops_figure(comparison)}
+    """Each figure as the report builds it: the sweep and its comparison turned into plain data, then drawn."""
+    labels, to = report_figures.sweep_labels(data), report_figures
+    return {"loss_vs_flops": lambda: loss_figure(data),
+            "speedup_bars": lambda: figures.speedup_bars_figure(to.speedup_bars(comparison)),
+            "loss_vs_loops": lambda: figures.loss_vs_loops_figure(to.final_losses(comparison), labels, "loss"),
+            "accuracy_vs_flops": lambda: figures.accuracy_vs_flops_figure(to.accuracy_series(data), labels),
+            "loss_vs_inference_loops": lambda: figures.loss_vs_inference_loops_figure(to.inference_loops(comparison),
+                                                                                       labels),
+            "attention_shares": lambda: figures.attention_shares_figure(to.attention_shares(comparison), labels),
+            "accuracy_vs_inference_flops": lambda: figures.accuracy_vs_inference_flops_figure(
+                to.schedule_accuracy(comparison), labels)}
+
+
+def test_dashboards_import_nothing_of_the_project():
+    """dashboards/ is a leaf: it draws the plain data it is handed and knows no sweep, trial or comparison."""
+    project = {"orchestrator", "loopmdm_core", "benchmarks"}
+    for path in (Path(figures.__file__).parent).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not {n.split(".")[0] for n in names} & project, (path.name, names)
 
 
 @pytest.mark.parametrize("loss", [wide, narrow])
 def test_loss_axis_ticks_are_plain_decimals(loss):
     """No '5.3 × 10^0' on the log loss axis, minor ticks included: plain numbers, at least two in view, each the
     value of its tick; the FLOPs axis is compact (2e14), never mathtext."""
-    fig = figures.loss_vs_flops_figure(sweep(loss, budgets=(1e12,)), "val/loss")
+    fig = loss_figure(sweep(loss, budgets=(1e12,)))
     drawn(fig)
     ax = fig.axes[0]
     texts = tick_texts(ax.yaxis)
@@ -147,8 +172,8 @@ def test_one_panel_per_budget(data, comparison):
         plt.close(fig)
 
 
-def test_loss_vs_loops_has_integer_ticks_and_keeps_sampled_loops_apart(comparison):
-    fig = figures.loss_vs_loops_figure(comparison)
+def test_loss_vs_loops_has_integer_ticks_and_keeps_sampled_loops_apart(data, comparison):
+    fig = builders(data, comparison)["loss_vs_loops"]()
     drawn(fig)
     ax = fig.axes[0]
     lo, hi = ax.get_xlim()
@@ -164,8 +189,8 @@ def test_loss_vs_loops_has_integer_ticks_and_keeps_sampled_loops_apart(compariso
     plt.close(fig)
 
 
-def test_attention_has_a_panel_per_budget_and_readable_layer_labels(comparison):
-    fig = figures.attention_shares_figure(comparison)
+def test_attention_has_a_panel_per_budget_and_readable_layer_labels(data, comparison):
+    fig = builders(data, comparison)["attention_shares"]()
     renderer = drawn(fig)
     assert len(fig.axes) == len(BUDGETS)
     for ax in fig.axes:
@@ -179,10 +204,9 @@ def test_attention_has_a_panel_per_budget_and_readable_layer_labels(comparison):
 
 
 def test_attention_labels_thin_out_on_a_deep_stack():
-    rows = [{"label": "loop[1,21)x3", "budget": 1e12, "seeds": 1, "layers": [f"L{i % 20}#{i // 20 + 1}"
-                                                                              for i in range(60)],
-             "share": [iso.bootstrap([0.5])] * 60}]
-    fig = figures.attention_shares_figure(Comparison([], attention=rows))
+    rows = [AttentionShares("loop[1,21)x3", 1e12, 1, tuple(f"L{i % 20}#{i // 20 + 1}" for i in range(60)),
+                            (0.5,) * 60)]
+    fig = figures.attention_shares_figure(rows, ("loop[1,21)x3",))
     renderer = drawn(fig)
     labels = [t for t in fig.axes[0].get_xticklabels() if t.get_text()]
     assert 2 <= len(labels) <= figures.MAX_X_LABELS
@@ -202,8 +226,8 @@ def line_colors(fig) -> dict:
 
 
 def test_a_variant_has_one_colour_in_every_figure(data, comparison):
-    labels = figures.sweep_labels(data)
-    assert labels == figures.sweep_labels(comparison)
+    labels = report_figures.sweep_labels(data)
+    assert set(labels) == {r.label for r in comparison.rows} == set(VARIANTS)
     want = {label: figures.style(label, labels).color for label in VARIANTS}
     seen = {}
     for name in ("loss_vs_flops", "accuracy_vs_flops", "loss_vs_inference_loops", "attention_shares",
@@ -234,8 +258,8 @@ def test_style_of_a_label():
     assert len({figures.style(x, labels).color for x in labels}) == len(labels)
 
 
-def test_inference_loop_lines_have_distinct_colours(comparison):
-    fig = figures.loss_vs_inference_loops_figure(comparison)
+def test_inference_loop_lines_have_distinct_colours(data, comparison):
+    fig = builders(data, comparison)["loss_vs_inference_loops"]()
     for ax in fig.axes:
         colors = [line.get_color() for line in ax.lines if line.get_gid() in VARIANTS]
         assert len(colors) == len(VARIANTS) and len(set(colors)) == len(colors)
@@ -245,7 +269,7 @@ def test_inference_loop_lines_have_distinct_colours(comparison):
 def test_accuracy_vs_flops_draws_a_seed_band_not_vertical_strokes(data):
     """Seeds of a sampled loop count evaluate at different FLOPs: the mean is one line over increasing FLOPs
     (no vertical jumps between seeds), the seeds' range a translucent band around it."""
-    fig = figures.accuracy_vs_flops_figure(data)
+    fig = builders(data, compare(data))["accuracy_vs_flops"]()
     for ax in fig.axes:
         line = next(line for line in ax.lines if line.get_gid() == "loop[0,2)x2~uniform:1:3")
         x, y = line.get_xdata(), line.get_ydata()
@@ -259,6 +283,20 @@ def test_accuracy_vs_flops_draws_a_seed_band_not_vertical_strokes(data):
     plt.close(fig)
 
 
+def test_seeds_that_share_no_flops_range_are_drawn_each_alone():
+    """No FLOPs range common to all seeds: no mean to draw, each seed a thin line of its own, the legend counting
+    them."""
+    late = [replace(t, accuracy_curve=[(c * 100, a) for c, a in t.accuracy_curve])
+            for t in sweep(budgets=(1e12,), labels=("same_size(2L)",)).trials if t.seed == 1]
+    early = [t for t in sweep(budgets=(1e12,), labels=("same_size(2L)",)).trials if t.seed == 0]
+    (drawn_alone,) = report_figures.accuracy_series(SweepData("apart", "parent", "FINISHED", "memory", early + late))
+    assert isinstance(drawn_alone, SeedLines) and drawn_alone.seeds == 2
+    fig = figures.accuracy_vs_flops_figure([drawn_alone], ("same_size(2L)",))
+    assert [line.get_gid() for line in fig.axes[0].lines] == ["same_size(2L) seed"] * 2
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["same_size(2L) (2 seeds)"]
+    plt.close(fig)
+
+
 def versus(median, reached, seeds, high=None):
     speedup = iso.CensoredMedian(median, median, high or median, reached, seeds, False)
     return Versus("base", speedup, 1.0, None, None)
@@ -266,8 +304,9 @@ def versus(median, reached, seeds, high=None):
 
 def test_speedup_legend_lists_only_series_with_bars():
     row = lambda label, vs: Row(label, "loop", "[1,3)", 2, 1, 1, 1e12, iso.bootstrap([1.0]), vs)
-    fig = figures.speedup_bars_figure(Comparison([row("a", {"depth_matched": versus(2.0, 2, 2)}),
-                                                  row("b", {"same_size": None, "depth_matched": versus(1.5, 2, 2)})]))
+    fig = figures.speedup_bars_figure(report_figures.speedup_bars(Comparison([
+        row("a", {"depth_matched": versus(2.0, 2, 2)}),
+        row("b", {"same_size": None, "depth_matched": versus(1.5, 2, 2)})])))
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["vs depth-matched"]
     bars = [p for p in fig.axes[0].patches if p.get_height() > 0]
     assert len(bars) == 2 and {p.get_facecolor()[:3] for p in bars} == {(1.0, 127 / 255, 14 / 255)}

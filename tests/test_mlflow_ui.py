@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from benchmarks.synthetic_sweep import make_sweep
+from synthetic_sweep import make_sweep
 from orchestrator import run_sweep, sweep, tracking
 from orchestrator import spec as specs
 
@@ -187,7 +187,7 @@ def test_report_describes_the_parent_run(tmp_path):
     factors."""
     from mlflow.tracking import MlflowClient
 
-    from benchmarks.synthetic_sweep import make_sweep
+    from synthetic_sweep import make_sweep
     from orchestrator import report
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.check_store(uri)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmarks.synthetic_sweep import make_sweep
 from conftest import start_mlflow_server
 from orchestrator import isoflops as iso
-from orchestrator import report, tracking
+from orchestrator import report, report_figures, report_summary, report_tables, report_text, tracking
 from orchestrator.comparison import Comparison, Row, Versus
+from synthetic_sweep import make_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,9 +91,9 @@ def test_extrapolation_averages_the_seeds():
     seed's factor."""
     import numpy as np
 
-    from benchmarks.synthetic_sweep import power
     from orchestrator.comparison import _extrapolations
     from orchestrator.sweep_data import TrialRecord
+    from synthetic_sweep import power
     flops = np.linspace(1e11, 2e12, 20)
 
     def trial(variant, seed, shift):
@@ -247,8 +247,9 @@ def test_speedup_bars_mark_censored_cells(monkeypatch, tmp_path):
     figs = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
     row = lambda label, vs: Row(label, "loop", "[1,3)", 2, 1, 1, 1e12, iso.bootstrap([1.0]), vs)
-    figures.speedup_bars(Comparison([row("a", {"same_size": versus(2.0, 2, 2), "depth_matched": None}),
-                                     row("b", {"same_size": versus(None, 1, 2, high=4.0)})]), tmp_path / "x.png")
+    figures.speedup_bars(report_figures.speedup_bars(Comparison([
+        row("a", {"same_size": versus(2.0, 2, 2), "depth_matched": None}),
+        row("b", {"same_size": versus(None, 1, 2, high=4.0)})])), tmp_path / "x.png")
     ax = figs[0].axes[0]
     assert [t.get_text() for t in figs[0].legends[0].get_texts()] == ["vs same-size", "median seed: not reached"]
     hatched = [p for p in ax.patches if p.get_hatch()]
@@ -273,7 +274,7 @@ def test_extrapolation_withheld_for_a_bad_fit():
     trials = [trial(v, s) for v in shapes for s in (0, 1)]
     (got,) = _extrapolations(trials, {(1e13, s): [t for t in trials if t.seed == s] for s in (0, 1)}, "val/loss")
     assert [e.status for e in got.at] == ["withheld", "withheld"] and got.baseline_fit.problem
-    line = report.extrapolation_lines(Comparison([], extrapolations=[got]))[0]
+    line = report_tables.extrapolation_lines(Comparison([], extrapolations=[got]))[0]
     assert line == ("EXTRAPOLATION (fit, not measured): loop vs same_size: at 10x the largest budget: withheld: fit "
                     "R^2 0.75 < 0.95 for same_size; at 100x the largest budget: withheld: fit R^2 0.75 < 0.95 for "
                     "same_size")
@@ -356,9 +357,9 @@ def test_lr_ladder_candidates_are_only_under_learning_rates(store, tmp_path, cap
 
 def test_page_explains_what_it_shows(store, tmp_path, capsys):
     """Every table and figure, on the page and in speedups.md, says what it shows and how to read it (one set of
-    texts: report.CAPTIONS and report.NOTATION); the summary on top counts the comparisons that exceed the seed
-    noise (known here: the 3x loop beats both baselines in every seed, the other loop's seeds disagree) and states
-    the sweep's scale; the extrapolations come after everything measured, in the grey note style."""
+    texts: report_text.CAPTIONS and report_text.NOTATION); the summary on top counts the comparisons that exceed
+    the seed noise (known here: the 3x loop beats both baselines in every seed, the other loop's seeds disagree) and
+    states the sweep's scale; the extrapolations come after everything measured, in the grey note style."""
     from html import escape
     make_sweep(store, "explained", budgets=(1e12,), seeds=(0, 1, 2), loops=((2, 3.0), (3, (0.5, 0.5, 3.0))),
                inference=True)
@@ -386,27 +387,28 @@ def test_page_explains_what_it_shows(store, tmp_path, capsys):
     assert md.startswith(f"- {noise}\n") and size in md
     assert f"<p class='summary'><strong>{escape(noise)}</strong></p>" in page and escape(size) in page
     # what a speedup is and what its cells mean; '*' in the inference table; every section and figure explained
-    tables = report.NOTATION + [report.CAPTIONS[k] for k in ("speedups", "noise", "learning_rates", "loop_scaling",
-                                                             "attention", "task", "extrapolations")]
-    plots = [report.CAPTIONS[k] for k in ("figures", "loss_vs_flops", "speedup_bars", "loss_vs_loops",
-                                          "loss_vs_inference_loops", "attention_shares", "accuracy_vs_inference_flops")]
+    captions = report_text.CAPTIONS
+    tables = report_text.NOTATION + [captions[k] for k in ("speedups", "noise", "learning_rates", "loop_scaling",
+                                                           "attention", "task", "extrapolations")]
+    plots = [captions[k] for k in ("figures", "loss_vs_flops", "speedup_bars", "loss_vs_loops",
+                                   "loss_vs_inference_loops", "attention_shares", "accuracy_vs_inference_flops")]
     for text in tables + plots:
         assert escape(text) in page and text in md and (text in printed or text in plots), text
-    assert report.CAPTIONS["accuracy"] not in md and report.CAPTIONS["accuracy_vs_flops"] not in md  # no accuracy
+    assert captions["accuracy"] not in md and captions["accuracy_vs_flops"] not in md  # no accuracy
     for phrase in ("speedup: how many times fewer training FLOPs", "not reached: the curve never got down",
                    "≥: the looped config already beat the target", "reached k/n seeds: in k of the n seeds",
                    "(1 seed: no interval): a single seed", "* marks the loop count the model was trained with"):
         assert escape(phrase) in page and phrase in md, phrase
-    for stem, title in report.FIGURE_TITLES.items():
+    for stem, title in report_text.FIGURE_TITLES.items():
         if stem != "accuracy_vs_flops":
-            assert f"<b>{escape(title)}.</b> {escape(report.CAPTIONS[stem])}</figcaption>" in page
+            assert f"<b>{escape(title)}.</b> {escape(captions[stem])}</figcaption>" in page
             assert f"![{title}]({stem}.png)" in md
     # order: summary, the measured tables, the figures, then the fitted extrapolations (grey notes), provenance
     at = [page.index(s) for s in ("<h2>Summary</h2>", "<h2>Speedups</h2>", "<h2>Is it above noise?</h2>",
                                   "<h2>Figures</h2>", "<h2>Extrapolations (fit, not measured)</h2>",
                                   "<h2>Provenance</h2>")]
     assert at == sorted(at) and page.rindex("<figure>") < at[4]
-    assert f"<p class='note'>{escape(report.CAPTIONS['extrapolations'])}</p>" in page
+    assert f"<p class='note'>{escape(captions['extrapolations'])}</p>" in page
     assert "<p class='note'>EXTRAPOLATION (fit, not measured)" in page
     assert md.index("## Figures") < md.index("## Extrapolations") < md.index("## Provenance")
     # the explanations add no table rows and no images: speedups, noise, loop scaling, attention, task
@@ -425,7 +427,7 @@ def test_noise_summary_counts_only_intervals_over_seeds():
     one = iso.CensoredMedian(2.0, None, None, 1, 1, False)
     rows = [row("loop[1,3)x2", 1e12, (faster, iso.t_interval([-0.01, 0.012])),
                 (even, iso.t_interval([0.01, -0.009])))]
-    lines, counts = report.noise_summary(Comparison(rows))
+    lines, counts = report_summary.noise_summary(Comparison(rows))
     assert lines[0] == ("No comparison exceeds the seed-to-seed noise: at this scale the sweep shows no detectable "
                         "difference (2 of 2 comparisons have a 95% interval over seeds, and each includes no "
                         "difference).")
@@ -436,11 +438,11 @@ def test_noise_summary_counts_only_intervals_over_seeds():
     # t with 1 degree of freedom (12.7): only differences this close over the 2 seeds exclude 0
     rows.append(row("loop[1,3)x3", 1e12, (even, iso.t_interval([-0.0100, -0.0101])),
                     (even, iso.t_interval([0.100, 0.101]))))
-    lines, counts = report.noise_summary(Comparison(rows))
+    lines, counts = report_summary.noise_summary(Comparison(rows))
     assert lines[0] == ("2 of 6 comparisons exceed the seed-to-seed noise: loop[1,3)x3 vs same_size(4L) at budget "
                         "1e+12 (lower loss; speedup: no detectable difference); loop[1,3)x3 vs depth_matched(6L) at "
                         "budget 1e+12 (higher loss; speedup: no detectable difference). The other 2 show no "
                         "detectable difference. 2 of 6 rest on 1 seed (no interval) and are not judged.")
     assert (counts["comparisons"], counts["exceed_seed_noise"], counts["one_seed"]) == (6, 2, 2)
-    assert report.noise_summary(Comparison([]))[0] == [
+    assert report_summary.noise_summary(Comparison([]))[0] == [
         "No looped config has a baseline in this sweep: there is nothing to compare."]
