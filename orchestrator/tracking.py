@@ -110,6 +110,14 @@ def check_store(uri: str) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)
     except Exception as e:  # MLflow raises many types for a broken store
+        status = re.search(r"error code (401|403)\b", str(e))
+        if status:  # one line naming the fix; the password itself is never printed
+            who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            raise TrackingError(
+                f"tracking server {uri} refused the credentials (HTTP {status.group(1)}) of "
+                f"{'user ' + repr(who) if who else 'an anonymous client'}: set MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD to an account of that server (with permission to create experiments)"
+            ) from None
         raise TrackingError(f"tracking store {uri} is not usable: {e}") from None
     return client
 
