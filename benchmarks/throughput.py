@@ -3,8 +3,8 @@
 python benchmarks/throughput.py [--out throughput.json] [--steps 20] [--warmup 12] [--variants ...] [--profile NAME]
 python benchmarks/throughput.py --tiny     # the CPU default config (4 x 128, seq 64, batch 16)
 
-Default shape (issue 6's anchor): 12 layers x 768 x 12 heads, SwiGLU 2048, vocab 50304, seq 1024, batch 32, bf16
-autocast, AdamW, the MDM loss. Variants:
+Default shape (the one docs/performance.md#training-step-throughput reports): 12 layers x 768 x 12 heads, SwiGLU
+2048, vocab 50304, seq 1024, batch 32, bf16 autocast, AdamW, the MDM loss. Variants:
   ref_eager / ref_compiled  a minimal Llama-style bidirectional transformer written here (SDPA, full-vocab fp32
                             logits, masks drawn on the device), eager and under torch.compile: the baseline
   ours                      loopmdm_core.train.TrainStep as train() and the sweeps run it (compiled blocks)

@@ -1,9 +1,9 @@
 """Turn a sweep's trials into the comparisons the report shows: per loop config and budget, its final loss, its
 speedups over its own baselines and whether they stand above seed noise; held-out accuracy; learning rates.
 
-Pairing (DESIGN.md): inside one group (same budget and seed), a loop trial's same-size baseline is the group's
-same_size trial, its depth-matched baseline the depth_matched trial with as many layers as the loop applies.
-Across seeds, a speedup is censored data (seeds that never reach the target rank below every reached value): its
+Pairing (docs/definitions.md, "Groups and pairing"): inside one group (same budget and seed), a loop trial's
+same-size baseline is the group's same_size trial, its depth-matched baseline the depth_matched trial with as many
+layers as the loop applies. Across seeds, a speedup is censored data (seeds that never reach the target rank below every reached value): its
 median over seeds, a bootstrap 95% interval and the fraction reached; a paired difference (loop minus baseline,
 same seed) gets a Student t interval. LR-ladder candidates (SweepData.compared) are in no comparison.
 """

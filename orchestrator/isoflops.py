@@ -1,4 +1,4 @@
-"""The iso-FLOPs math of DESIGN.md ("Speedup"): pure functions of loss-vs-FLOPs curves, no I/O.
+"""The iso-FLOPs math of docs/definitions.md ("Speedup"): pure functions of loss-vs-FLOPs curves, no I/O.
 
 A curve is validation loss against cumulative training FLOPs. It is made monotone (running minimum: the best
 loss reached so far) before anything is read off it. FLOPs between two evaluations are interpolated linearly
@@ -95,7 +95,7 @@ class Speedup:
 
 
 def speedup(baseline: Curve, variant: Curve) -> Speedup:
-    """How many times fewer FLOPs the variant needs to reach the baseline's final loss (DESIGN.md)."""
+    """How many times fewer FLOPs the variant needs to reach the baseline's final loss (docs/definitions.md#speedup)."""
     target = envelope(baseline).final_loss
     reach = flops_to_reach(variant, target)
     if reach.flops is None:
