@@ -1,4 +1,4 @@
-"""The one FLOPs definition of the project (DESIGN.md): model FLOPs, the PaLM/nanoGPT convention, loops unrolled.
+"""The one FLOPs definition of the project: model FLOPs, the PaLM/nanoGPT convention, loops unrolled.
 
 A forward pass costs, per token at sequence length S and width d:
     2 * (weights of every matmul it applies: each applied layer's 4 d^2 attention + 3 d d_ff SwiGLU weights,
