@@ -1,8 +1,8 @@
 """Attention kernels: torch's scaled_dot_product_attention (cuDNN's kernel first on CUDA), or flash-attn.
 
 All take q, k, v laid out as (batch, seq, heads, head_dim) and attend bidirectionally (no mask). On an H100,
-SDPA's cuDNN backend ran this model's attention 1.55x faster than its flash backend (../shared/GPU.md), so on
-CUDA `auto` picks it; flash-attn (FA2) is used only when asked for.
+SDPA's cuDNN backend ran this model's attention 1.55x faster than its flash backend
+(docs/performance.md#attention-kernels), so on CUDA `auto` picks it; flash-attn (FA2) is used only when asked for.
 """
 
 import logging

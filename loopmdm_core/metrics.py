@@ -1,4 +1,4 @@
-"""Metric names, the one place they are defined (DESIGN.md "Metrics"). Step = optimizer step."""
+"""Metric names, the one place they are defined (docs/mlflow.md#metrics). Step = optimizer step."""
 
 TRAIN_LOSS = "train/loss"  # mean training loss over the steps since the last log
 VAL_LOSS = "val/loss"  # negative ELBO, nats/token, on the fixed validation batches
