@@ -191,6 +191,11 @@ def test_dry_run_prints_the_table_and_starts_nothing(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 2 and "inside [0, n_layers=2]" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "mlflow.db").exists()
+    # --resume with nothing to resume: one error before the store, the data or Ray is touched
+    out = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), str(path), "--resume"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "--resume:" in out.stderr and "holds no run of sweep 'dry'" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "mlflow.db").exists()
 
 
 def test_local_paths_become_absolute(tmp_path, monkeypatch):
