@@ -55,14 +55,18 @@ def test_mfu_is_never_above_one(tiny_config, caplog):
     (1 FLOP/s) would give MFU far above 1: not logged, and a warning names train.peak_flops."""
     rows = []
     from loopmdm_core.train import train
-    train(tiny_config(), sink=lambda step, values: rows.append(values))
+
+    def short(**train_section):  # a few steps, throughput logged at each, one evaluation at the end
+        return tiny_config(train={"budget_flops": 6e8, "log_every": 1, **train_section},
+                           eval={"fractions": [1.0], "n_batches": 1})
+    train(short(), sink=lambda step, values: rows.append(values))
     assert not any(metrics.MFU in r for r in rows) and any(metrics.TOKENS_PER_S in r for r in rows)
     rows.clear()
-    train(tiny_config(train={"peak_flops": 1e15}), sink=lambda step, values: rows.append(values))
+    train(short(peak_flops=1e15), sink=lambda step, values: rows.append(values))
     logged = [r[metrics.MFU] for r in rows if metrics.MFU in r]
     assert logged and all(0 < m <= 1 for m in logged)
     rows.clear()
-    train(tiny_config(train={"peak_flops": 1.0}), sink=lambda step, values: rows.append(values))
+    train(short(peak_flops=1.0), sink=lambda step, values: rows.append(values))
     assert not any(metrics.MFU in r for r in rows)
     assert "set train.peak_flops" in caplog.text
 

@@ -181,19 +181,14 @@ def test_view_renders_every_trial_in_chromium(tmp_path, capsys):
     assert shot.stat().st_size > 20000
 
 
-def test_report_describes_the_parent_run(tmp_path):
+def test_report_describes_the_parent_run(tmp_path, store):
     """report.py (logging on) writes the speedup table into the parent run's description and the median
     speedups as headline metrics: 3.0x vs same-size and 2.0x vs depth-matched, the synthetic store's known
     factors."""
-    from mlflow.tracking import MlflowClient
-
-    from synthetic_sweep import make_sweep
     from orchestrator import report
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.check_store(uri)
-    parent = make_sweep(uri, "described", loops=((2, 3.0),), budgets=(1e12,))
-    assert report.main(["--tracking-uri", uri, "--experiment", "described", "--out", str(tmp_path / "r")]) == 0
-    run = MlflowClient(uri).get_run(parent)
+    parent = make_sweep(store, "reported", loops=((2, 3.0),), budgets=(1e12,))
+    assert report.main(["--tracking-uri", store, "--experiment", "reported", "--out", str(tmp_path / "r")]) == 0
+    run = MlflowClient(store).get_run(parent)
     note = run.data.tags["mlflow.note.content"]
     assert "| loop[1,3)x2 |" in note and "report/index.html" in note
     assert run.data.metrics["headline/loop_1_3_x2/b1e12/speedup_vs_same_size"] == pytest.approx(3.0, rel=1e-6)

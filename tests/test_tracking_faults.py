@@ -5,11 +5,13 @@ import multiprocessing as mp
 import os
 import signal
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import start_mlflow_server
 from orchestrator import replay, tracking
 
+pytestmark = pytest.mark.slow  # real mlflow servers and 8 writer processes
 METRICS = ("flops", "train/loss", "lr")
 
 
@@ -72,7 +74,10 @@ def test_eight_concurrent_trials_on_the_sqlite_default(tmp_path):
     client = tracking.check_store(uri)
     exp = client.create_experiment("concurrent")
     run_ids = [client.create_run(exp).info.run_id for _ in range(8)]
-    ctx = mp.get_context("spawn")
+    # Separate processes, as trials are; forked from a server that imported MLflow once (spawn would import it in
+    # each of the 8, seconds of CPU apiece on a 2-core machine), none of them holding a store connection.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     procs = [ctx.Process(target=_writer, args=(uri, r, 60, str(tmp_path / "spool"))) for r in run_ids]
     for p in procs:
         p.start()
