@@ -1,13 +1,13 @@
-"""Sweeps end to end through real Ray Tune and real MLflow on SQLite (no mocks), kill-and-resume included."""
+"""Sweeps end to end through real Ray Tune and real MLflow on SQLite (no mocks). Kill-and-resume is
+test_faults_e2e.py's: a sweep killed at several points, one after a trial finished, resumes to this module's
+assert_same_sweep."""
 
 import contextlib
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -156,46 +156,6 @@ def check_report(cwd: Path):
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     pixels = plt.imread(shot)[..., :3]
     assert pixels.std() > 0.05 and (pixels.mean(axis=2) < 0.9).mean() > 0.02  # text, table and plots, not blank
-
-
-def test_killed_sweep_resumes_without_duplicates(tmp_path, tiny_corpus, cache_dir):
-    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    reference_dir.mkdir()
-    killed_dir.mkdir()
-    # ~90 steps a trial, a checkpoint every 4: a wide window to kill one mid-trial whatever the machine's speed
-    finish(start_sweep(write_sweep(reference_dir, tiny_corpus, cache_dir, "resume", budgets=[1.2e10]),
-                       reference_dir))
-
-    sweep = write_sweep(killed_dir, tiny_corpus, cache_dir, "resume", budgets=[1.2e10])
-    proc = start_sweep(sweep, killed_dir)
-    deadline = time.monotonic() + 300
-    killed_mid_trial, client = False, None
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-        if client is None and not store_created(killed_dir / "mlflow.db", "resume"):
-            continue
-        try:  # one cheap query per poll: the runs' statuses and last metric values
-            client = client or MlflowClient(f"sqlite:///{killed_dir / 'mlflow.db'}")
-            exp = client.get_experiment_by_name("resume")
-            runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("loopmdm.role") == "trial"]
-        except Exception:  # the driver is still creating the store
-            continue
-        done = any(r.info.status == "FINISHED" for r in runs)
-        # tokens = step x 256 (batch 8 x seq 32): past step 6, i.e. past its first checkpoint at step 4
-        running = any(r.info.status == "RUNNING" and r.data.metrics.get("tokens", 0) >= 6 * 256 for r in runs)
-        if done and running:  # one trial finished, the next one past its first checkpoint: kill now
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed_mid_trial = True
-            break
-    if not killed_mid_trial:
-        out, _ = proc.communicate(timeout=300)
-        pytest.fail(f"the sweep ended (exit {proc.returncode}) before it could be killed mid-trial:\n{out[-3000:]}")
-    proc.wait(timeout=60)
-    time.sleep(2)
-
-    out = finish(start_sweep(sweep, killed_dir))
-    assert "3 finished, 0 failed" in out, out
-    assert_same_sweep(reference_dir, killed_dir, "resume")
 
 
 def store_created(db: Path, experiment: str) -> bool:
