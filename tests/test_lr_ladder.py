@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from loopmdm_core.errors import ConfigError
+from orchestrator import lr_ladder, trials as trials_of
 from orchestrator import spec as specs
 
 BASE = {"model": {"n_layers": 4, "d_model": 64, "n_heads": 4}, "train": {"batch_size": 8}}
@@ -22,7 +23,7 @@ def ladder_sweep(**overrides):
 
 def test_ladder_is_every_variant_at_every_lr_at_the_smallest_budget():
     spec = ladder_sweep()
-    ladder = specs.expand(spec)
+    ladder = trials_of.expand(spec)
     assert len(ladder) == 3 * 2 * 2  # variants x lrs x seeds
     assert {t.budget_flops for t in ladder} == {1e12}
     assert {(t.label, t.lr, t.seed) for t in ladder} == {
@@ -34,30 +35,30 @@ def test_ladder_is_every_variant_at_every_lr_at_the_smallest_budget():
     assert t.tags["loopmdm.lr"] == "0.003" and t.tags["loopmdm.lr_ladder"] == "candidate"
     assert t.config.train.lr == 3e-3
 
-    waiting = specs.later_trials(spec)  # before the choice: the larger budget, one trial per variant and seed
+    waiting = trials_of.later_trials(spec)  # before the choice: the larger budget, one trial per variant and seed
     assert len(waiting) == 3 * 2 and {t.budget_flops for t in waiting} == {2e12}
     chosen = {"loop[1,3)x2": 3e-3, "same_size(4L)": 1e-3, "depth_matched(6L)": 3e-3}
-    later = specs.later_trials(spec, chosen)
+    later = trials_of.later_trials(spec, chosen)
     assert sorted((t.label, t.seed, t.lr) for t in later) == sorted(
         (label, seed, lr) for label, lr in chosen.items() for seed in (0, 1))
     assert all(t.tags["loopmdm.lr_ladder"] == "chosen" and t.budget_flops == 2e12 for t in later)
     assert [t.plan.steps for t in later] == [t.plan.steps for t in waiting]  # the lr changes no step count
     # a variant whose every ladder lr failed has no choice: it is not trained further
-    assert {t.label for t in specs.later_trials(spec, {"same_size(4L)": 1e-3})} == {"same_size(4L)"}
+    assert {t.label for t in trials_of.later_trials(spec, {"same_size(4L)": 1e-3})} == {"same_size(4L)"}
 
 
 def test_ladder_dedupes_within_its_stage_and_tags_only_ladder_sweeps():
     spec = ladder_sweep(loops=[{"loop_start": 1, "loop_end": 3, "n_loops": 2},
                                {"loop_start": 1, "loop_end": 3, "n_loops": 2, "loop_sampling": "uniform:1:4"}],
                         seeds=[0], budgets=[1e12])
-    ladder = specs.expand(spec)
+    ladder = trials_of.expand(spec)
     # one same_size shared by both loops, at each lr once
     assert sorted(t.label for t in ladder if t.variant == "same_size") == ["same_size(4L)"] * 2
-    assert len(ladder) == 5 * 2 and specs.later_trials(spec) == []  # one budget: the ladder is the whole sweep
+    assert len(ladder) == 5 * 2 and trials_of.later_trials(spec) == []  # one budget: the ladder is the whole sweep
     plain = specs.parse({"name": "t", "base": BASE, "loops": {"loop_start": [1], "loop_end": [3], "n_loops": [2]},
                          "budgets": [1e12, 2e12]})
-    assert specs.later_trials(plain) == []
-    assert all("loopmdm.lr_ladder" not in t.tags and "-lr" not in t.name for t in specs.expand(plain))
+    assert trials_of.later_trials(plain) == []
+    assert all("loopmdm.lr_ladder" not in t.tags and "-lr" not in t.name for t in trials_of.expand(plain))
 
 
 BAD = [
@@ -84,12 +85,12 @@ def test_bad_ladders_name_the_yaml_path(change, message):
 def test_base_lr_is_fine_without_a_ladder():
     spec = specs.parse({"name": "t", "base": {**BASE, "train": {"lr": 3e-3}}, "budgets": [1e12],
                         "loops": {"loop_start": [1], "loop_end": [3], "n_loops": [2]}})
-    assert {t.lr for t in specs.expand(spec)} == {3e-3}
+    assert {t.lr for t in trials_of.expand(spec)} == {3e-3}
 
 
 def test_dry_run_text_lists_both_stages():
     spec = ladder_sweep()
-    text = specs.dry_run_text(spec, specs.expand(spec), specs.later_trials(spec))
+    text = trials_of.dry_run_text(spec, trials_of.expand(spec), trials_of.later_trials(spec))
     assert "stage 1, the lr ladder (12 trials): every variant at lr 0.001, 0.003, every seed, at budget 1e+12" in text
     assert "stage 2 (6 trials), decided after stage 1" in text
     assert text.count("chosen at budget 1e+12") == 6
@@ -97,7 +98,7 @@ def test_dry_run_text_lists_both_stages():
 
 def run(label, lr, loss, answer=None):
     final = None if loss is None else {"val/loss": loss, **({"val/answer_loss": answer} if answer is not None else {})}
-    return specs.LadderRun(label, lr, final)
+    return lr_ladder.LadderRun(label, lr, final)
 
 
 def test_choice_is_the_lowest_seed_mean_loss():
@@ -105,20 +106,20 @@ def test_choice_is_the_lowest_seed_mean_loss():
             run("loop", 3e-3, 2.4), run("loop", 3e-3, 2.8),  # mean 2.6: its best seed is the best of all, still loses
             run("base", 1e-3, 3.0), run("base", 1e-3, 3.2),  # mean 3.1
             run("base", 3e-3, 2.9), run("base", 3e-3, 3.1)]  # mean 3.0
-    choice = specs.choose_lrs(runs)
+    choice = lr_ladder.choose_lrs(runs)
     assert choice.metric == "val/loss"
     assert choice.chosen == {"loop": 1e-3, "base": 3e-3}
     assert choice.means["loop"] == {1e-3: 2.5, 3e-3: pytest.approx(2.6)}
-    assert specs.choose_lrs(list(reversed(runs))) == choice  # what a resumed sweep recomputes, whatever the order
+    assert lr_ladder.choose_lrs(list(reversed(runs))) == choice  # what a resumed sweep recomputes, whatever the order
     assert json.loads(json.dumps(choice.as_dict()))["variants"]["base"] == {"chosen": 3e-3,
                                                                             "mean_loss": {"0.001": 3.1, "0.003": 3.0}}
 
 
 def test_ties_go_to_the_smaller_lr_and_unfinished_lrs_are_out():
-    tie = specs.choose_lrs([run("v", 3e-3, 2.0), run("v", 3e-3, 3.0), run("v", 1e-3, 2.5), run("v", 1e-3, 2.5)])
+    tie = lr_ladder.choose_lrs([run("v", 3e-3, 2.0), run("v", 3e-3, 3.0), run("v", 1e-3, 2.5), run("v", 1e-3, 2.5)])
     assert tie.chosen == {"v": 1e-3}
     # a seed that diverged (no final loss, or an infinite one) rules its lr out; with every lr out, no choice
-    choice = specs.choose_lrs([run("v", 1e-3, 2.5), run("v", 1e-3, 2.6), run("v", 3e-3, 1.0), run("v", 3e-3, None),
+    choice = lr_ladder.choose_lrs([run("v", 1e-3, 2.5), run("v", 1e-3, 2.6), run("v", 3e-3, 1.0), run("v", 3e-3, None),
                                run("w", 1e-3, None), run("w", 3e-3, math.inf)])
     assert choice.chosen == {"v": 1e-3} and choice.means["v"][3e-3] is None
     assert choice.means["w"] == {1e-3: None, 3e-3: None}
@@ -126,9 +127,9 @@ def test_ties_go_to_the_smaller_lr_and_unfinished_lrs_are_out():
 
 def test_answer_loss_chooses_when_every_finished_trial_has_it():
     runs = [run("v", 1e-3, 2.0, answer=1.5), run("v", 3e-3, 2.5, answer=1.0)]
-    assert specs.choose_lrs(runs).chosen == {"v": 3e-3} and specs.choose_lrs(runs).metric == "val/answer_loss"
+    assert lr_ladder.choose_lrs(runs).chosen == {"v": 3e-3} and lr_ladder.choose_lrs(runs).metric == "val/answer_loss"
     mixed = runs + [run("w", 1e-3, 2.0), run("w", 3e-3, 1.0)]
-    assert specs.choose_lrs(mixed).metric == "val/loss" and specs.choose_lrs(mixed).chosen == {"v": 1e-3, "w": 3e-3}
+    assert lr_ladder.choose_lrs(mixed).metric == "val/loss" and lr_ladder.choose_lrs(mixed).chosen == {"v": 1e-3, "w": 3e-3}
 
 
 @pytest.mark.slow

@@ -13,9 +13,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from synthetic_sweep import make_sweep
 from orchestrator import run_sweep, sweep, tracking
 from orchestrator import spec as specs
+from orchestrator import trials as trials_of
+from synthetic_sweep import make_sweep
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def start_sweep_run(store: str, spec: specs.SweepSpec) -> tuple[MlflowClient, st
     """What sweep.run does before Ray starts: the experiment, the parent run, its UI (no trial runs)."""
     client = MlflowClient(store)
     exp_id = tracking.experiment_id(client, spec.name)
-    trials = specs.expand(spec)
+    trials = trials_of.expand(spec)
     parent = tracking.open_parent_run(client, exp_id, "key", {"sweep.name": spec.name}, spec.source, fresh=True)
     sweep._publish_ui(client, spec, trials, store, exp_id, parent)
     return client, exp_id, parent
@@ -81,7 +82,7 @@ def test_sweep_start_prints_the_url_of_its_view_and_describes_itself(tmp_path, s
 
     # the parent run's description: what the sweep runs, the link to the view, how to add the speedups
     note = client.get_run(parent).data.tags[tracking.NOTE_TAG]
-    trials = len(specs.expand(spec))
+    trials = len(trials_of.expand(spec))
     for text in ("LoopMDM sweep `ui`", "`loop[1,2)x2`, `loop[1,2)x3`", "`same_size(3L)`", "`depth_matched(4L)`",
                  "`depth_matched(5L)`", "| training budgets (FLOPs) | 3e+09, 6e+09 |", "| seeds | 0, 1 |",
                  f"| trials | {trials} (one child run each) |",
@@ -92,7 +93,7 @@ def test_sweep_start_prints_the_url_of_its_view_and_describes_itself(tmp_path, s
 
     # resumed: the same view, once; a description the report wrote stays
     client.set_tag(parent, tracking.NOTE_TAG, "the report's")
-    sweep._publish_ui(client, spec, specs.expand(spec), store, exp_id, parent)
+    sweep._publish_ui(client, spec, trials_of.expand(spec), store, exp_id, parent)
     assert client.get_run(parent).data.tags[tracking.NOTE_TAG] == "the report's"
     assert sum(k.startswith(tracking.VIEW_TAG) for k in client.get_experiment(exp_id).tags) == 1
 
