@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from loopmdm_core.errors import ConfigError
-from orchestrator import lr_ladder, trials as trials_of
+from orchestrator import lr_ladder
+from orchestrator import trials as trials_of
 from orchestrator import spec as specs
 
 BASE = {"model": {"n_layers": 4, "d_model": 64, "n_heads": 4}, "train": {"batch_size": 8}}
