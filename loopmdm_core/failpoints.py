@@ -4,7 +4,8 @@ Off unless LOOPMDM_FAULT is set, so production pays one environment lookup per p
   LOOPMDM_FAULT=POINT[:N]    fire the N-th time (default 1st) this process reaches POINT
   LOOPMDM_FAULT_MARKER=PATH  fire once per test: the first process to fire creates PATH; later lives skip it
   LOOPMDM_FAULT_KILL=sweep   kill the whole sweep (the driver's process group, then this process), as a
-                             crashed machine would; default: only this process (a worker killed by the OS)
+                             crashed machine would; =interrupt: send the driver SIGINT (Ctrl-C) and go on, as a
+                             user stopping the sweep would; default: only this process (a worker killed by the OS)
 Points: trial_start, step, checkpoint_write (files written, folder not yet renamed), mlflow_log (a batch about
 to be sent).
 """
@@ -32,6 +33,10 @@ def reached(point: str):
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # atomic: exactly one process fires
         except FileExistsError:
             return
-    if os.environ.get("LOOPMDM_FAULT_KILL") == "sweep":
-        os.killpg(os.getsid(0), signal.SIGKILL)  # the driver leads the session (run_sweep under setsid)
+    kill = os.environ.get("LOOPMDM_FAULT_KILL")
+    if kill == "interrupt":
+        os.kill(os.getsid(0), signal.SIGINT)  # the driver leads the session (run_sweep under setsid)
+        return
+    if kill == "sweep":
+        os.killpg(os.getsid(0), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -53,8 +53,12 @@ def main(argv=None) -> int:
     print(f"\nsweep {spec.name!r} done in {outcome.seconds:.0f} s: {len(outcome.finished)} finished, "
           f"{len(outcome.failed)} failed, {len(outcome.interrupted)} interrupted")
     if outcome.train_seconds:
-        print(f"time: {outcome.seconds:.0f} s wall for {outcome.train_seconds:.0f} s of training steps summed over "
-              f"trials (wall/train {outcome.seconds / outcome.train_seconds:.2f}; the rest is start-up, evaluation, "
+        # Training time is summed over every trial of the sweep run, so the wall it is set against is too: that of
+        # every invocation (an interrupted sweep resumed), not this one alone.
+        wall = outcome.seconds + outcome.earlier_seconds
+        resumed = f" ({outcome.earlier_seconds:.0f} s of it before this invocation)" if outcome.earlier_seconds else ""
+        print(f"time: {wall:.0f} s wall{resumed} for {outcome.train_seconds:.0f} s of training steps summed over "
+              f"trials (wall/train {wall / outcome.train_seconds:.2f}; the rest is start-up, evaluation, "
               f"checkpoints and waiting for a slot)")
         phases = {name.split("/")[1].removesuffix("_seconds"): v for name, v in outcome.phase_seconds.items() if v}
         if phases:

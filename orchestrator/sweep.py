@@ -42,7 +42,8 @@ class SweepOutcome:
     finished: list[str] = field(default_factory=list)  # trial names
     failed: dict[str, str] = field(default_factory=dict)  # trial name -> error
     interrupted: list[str] = field(default_factory=list)
-    seconds: float = 0.0  # wall time of the whole sweep invocation
+    seconds: float = 0.0  # wall time of this invocation of the sweep
+    earlier_seconds: float = 0.0  # wall time of the invocations before it (an interrupted sweep resumed)
     train_seconds: float = 0.0  # sum over the trials of the time spent in training steps (perf/train_seconds)
     phase_seconds: dict = field(default_factory=dict)  # perf/<phase>_seconds -> sum over the trials
     experiment_id: str = ""  # the MLflow experiment (tracking.sweep_url gives its page in the UI)
@@ -104,9 +105,11 @@ def init_ray(address: str | None, dashboard: bool):
         ray.init(address=address, logging_level=logging.WARNING,
                  runtime_env={"env_vars": secrets} if secrets else None)
     else:
-        # A private local cluster: no dashboard unless asked (it is an HTTP server), bound to loopback. Its
+        # A private local cluster ("local": never a `ray start` cluster that happens to run on this machine, which
+        # a bare ray.init() would join): no dashboard unless asked (it is an HTTP server), bound to loopback. Its
         # workers inherit this process's environment, credentials included.
-        ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 logging_level=logging.WARNING)
 
 
 def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracking_uri: str | None = None,
@@ -148,11 +151,12 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
     context = SweepContext(uri, exp_id, parent_id, spec.resources.cpu, spec.resources.n_workers,
                            str(experiment_path / CHECKPOINTS), spec.infer)
     jobs = [TrialJob.of(t, context) for t in trials]
+    earlier = json.loads(state_path.read_text()).get("wall_seconds", 0.0) if resume else 0.0
     experiment_path.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"sweep_key": key, "parent_run_id": parent_id,
-                                      "tracking_uri": tracking.redact(uri)}))
+    state = {"sweep_key": key, "parent_run_id": parent_id, "tracking_uri": tracking.redact(uri)}
+    state_path.write_text(json.dumps({**state, "wall_seconds": earlier}))
 
-    outcome = SweepOutcome(parent_id, uri, experiment_path, experiment_id=exp_id)
+    outcome = SweepOutcome(parent_id, uri, experiment_path, experiment_id=exp_id, earlier_seconds=earlier)
     crash = None
     try:
         from . import tune_runner
@@ -172,7 +176,8 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
                             f"{len(outcome.interrupted)} interrupted")
         tracking.end_run(client, parent_id, "FINISHED" if outcome.ok and not crash else "FAILED",
                          None if outcome.ok and not crash else summary)
-    outcome.seconds = time.monotonic() - start
+        outcome.seconds = time.monotonic() - start
+        state_path.write_text(json.dumps({**state, "wall_seconds": earlier + outcome.seconds}))
     return outcome
 
 

@@ -151,6 +151,8 @@ def open_parent_run(client: MlflowClient, exp_id: str, sweep_key: str, params: d
         found = _find(client, exp_id, f"tags.`{SWEEP_KEY_TAG}` = '{sweep_key}' and tags.`{ROLE_TAG}` = 'sweep'")
         if found:
             client.update_run(found.info.run_id, status="RUNNING")
+            if ERROR_TAG in found.data.tags:  # why the last invocation stopped: no longer true once resumed
+                client.delete_tag(found.info.run_id, ERROR_TAG)
             return found.info.run_id
     run = client.create_run(exp_id, tags={ROLE_TAG: "sweep", SWEEP_KEY_TAG: sweep_key,
                                           "mlflow.runName": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"})

@@ -32,11 +32,16 @@ def _trial_name(trial) -> str:
 
 
 def _collect(results, outcome):
+    """Tune's verdict on each trial: failed (with its error) or finished (its last result is `done`). A trial
+    that an interrupted sweep stopped, or never started (Tune then holds no config for it), is neither: the
+    reconciliation with MLflow counts it as interrupted."""
     for result in results:
+        if result.config is None:
+            continue
         name = job_name(result.config)
         if result.error is not None:
             outcome.failed[name] = str(result.error).strip().splitlines()[-1][:2000]
-        elif name not in outcome.failed:
+        elif (result.metrics or {}).get("done") and name not in outcome.failed:
             outcome.finished.append(name)
 
 
@@ -87,11 +92,12 @@ def run_search(spec, jobs: list[TrialJob], storage: Path, resume: bool, verbose:
                                       trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
         results = _fit(_trainable(spec), space, storage / cell, resume, tune_config,
                        _run_config(spec, storage, cell, verbose))
+        results = [r for r in results if r.config is not None]  # not started (an interrupted sweep): no sample yet
         for result in results:
             name = f"{job.name}[{json.dumps(result.config.get('search', {}), sort_keys=True)}]"
             if result.error is not None:
                 outcome.failed[name] = str(result.error).strip().splitlines()[-1][:2000]
-            else:
+            elif (result.metrics or {}).get("done"):
                 outcome.finished.append(name)
         good = [r for r in results if r.error is None and r.metrics and metric in r.metrics]
         if good:

@@ -77,6 +77,8 @@ def wait_for_checkpointed_trial_on(node_id: str, folder, proc, timeout: float = 
         assert proc.poll() is None, proc.communicate()[0]
         if store_created(db, "cluster"):  # before that, opening it would race the driver's migration
             for run in trial_runs(db):
+                if "derived.steps" not in run.data.params:  # just created: its params are being logged
+                    continue
                 key, steps = run.data.tags[tracking.TRIAL_KEY_TAG], int(run.data.params["derived.steps"])
                 checkpoints = sorted((folder / "ray_results" / "cluster" / "checkpoints" / key).glob("step_*"))
                 if run.data.tags.get(tracking.NODE_TAG) == node_id and checkpoints and \

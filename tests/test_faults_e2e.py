@@ -13,6 +13,7 @@ import signal
 
 import pytest
 
+from orchestrator import tracking
 from test_sweep_e2e import assert_same_sweep, finish, runs_of, start_sweep, write_sweep
 
 pytestmark = pytest.mark.slow
@@ -56,9 +57,20 @@ def test_sweep_killed_anywhere_resumes_to_the_same_result(reference, tmp_path, t
     # the last kill came after a finished trial: the resume below must not train or log it again
     _, _, trials = runs_of(tmp_path, "faults")
     assert sorted(r.info.status for r in trials.values()) == ["FINISHED", "RUNNING"], trials
+    # Ctrl-C on the driver as the resumed trial takes its first step: a clean stop, the run KILLED with how to
+    # resume it, the sweep's parent FAILED saying it was interrupted
+    code, out = run_with_fault(tmp_path, sweep, "step:1", "interrupt", tmp_path / "fired-interrupt")
+    assert code == 1 and "0 failed, 1 interrupted" in out, out[-3000:]
+    _, parents, trials = runs_of(tmp_path, "faults")
+    assert sorted(r.info.status for r in trials.values()) == ["FINISHED", "KILLED"], trials
+    error = parents[0].data.tags[tracking.ERROR_TAG]
+    assert parents[0].info.status == "FAILED" and "1 interrupted" in error and "driver stopped" not in error
     out = finish(start_sweep(sweep, tmp_path))
     assert "2 finished, 0 failed" in out, out
+    assert "s of it before this invocation)" in out  # wall/train counts the wall of every invocation
     assert_same_sweep(reference, tmp_path, "faults")
+    _, parents, _ = runs_of(tmp_path, "faults")
+    assert tracking.ERROR_TAG not in parents[0].data.tags  # the interruption's note is gone once resumed
 
 
 def test_trial_process_killed_is_retried_from_its_checkpoint(reference, tmp_path, tiny_corpus, cache_dir):
