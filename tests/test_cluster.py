@@ -67,6 +67,8 @@ def test_node_lost_mid_trial_is_retried_from_its_checkpoint(cluster, reference, 
     moved = trials[victim]
     assert moved.data.tags[tracking.NODE_TAG] == c.head_node.node_id  # retried on the surviving node ...
     assert int(moved.data.tags[tracking.RESUMED_FROM_TAG]) > 0  # ... from its newest checkpoint, not step 0
+    print(f"node lost: trial {victim} resumed at step {moved.data.tags[tracking.RESUMED_FROM_TAG]} of "
+          f"{moved.data.params['derived.steps']} on the surviving node")  # shown with -s or -rP
 
 
 def wait_for_checkpointed_trial_on(node_id: str, folder, proc, timeout: float = 300) -> str:

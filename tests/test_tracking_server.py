@@ -158,6 +158,7 @@ def test_server_restarted_mid_sweep_loses_and_duplicates_nothing(server, tmp_pat
     out = finish(proc)
     assert proc.returncode == 0 and "2 finished, 0 failed" in out, out
     assert "metrics the trials had spooled while the store was down were delivered" in out, out
+    print(next(line for line in out.splitlines() if line.startswith("tracking: ")))  # shown with -s or -rP
     assert not list((tmp_path / "spool").glob("*.jsonl"))  # all of it delivered
 
     os.environ.update(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=server.alice)
