@@ -39,6 +39,9 @@ class Resources:
     cpu: float = 1.0
     gpu: float = 0.0  # fractions share a GPU between small trials; N >= 2: the trial trains data-parallel on N
     workers: int = 0  # data-parallel processes per trial; 0: one per GPU (1 without GPUs). CPU: gloo
+    # A Ray worker process trains trial after trial (Tune's reuse_actors), keeping its imports, CUDA context and
+    # compiled kernels: start-up cost paid once per process instead of once per trial (benchmarks/sweep_reuse.py)
+    reuse_workers: bool = False
 
     @property
     def n_workers(self) -> int:

@@ -58,7 +58,7 @@ def run_grid(spec, jobs: list[TrialJob], path: Path, resume: bool, verbose: int,
     """Every trial once, as one Tune experiment in folder `path` (<storage>/<name>; an lr ladder's stage 2 has
     its own)."""
     tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent or None,
-                                  trial_name_creator=_trial_name,
+                                  reuse_actors=spec.resources.reuse_workers, trial_name_creator=_trial_name,
                                   trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
     results = _fit(_trainable(spec), {"trial": tune.grid_search([j.to_dict() for j in jobs])}, path, resume,
                    tune_config, _run_config(spec, path.parent, path.name, verbose))
@@ -88,7 +88,7 @@ def run_search(spec, jobs: list[TrialJob], storage: Path, resume: bool, verbose:
         tune_config = tune.TuneConfig(search_alg=OptunaSearch(metric=metric, mode="min", seed=job.seed),
                                       num_samples=spec.search.n_trials,
                                       max_concurrent_trials=spec.max_concurrent or None,
-                                      trial_name_creator=_trial_name,
+                                      reuse_actors=spec.resources.reuse_workers, trial_name_creator=_trial_name,
                                       trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
         results = _fit(_trainable(spec), space, storage / cell, resume, tune_config,
                        _run_config(spec, storage, cell, verbose))

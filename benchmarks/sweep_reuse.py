@@ -1,0 +1,83 @@
+"""What a sweep of short trials spends besides training, with and without reusing Ray worker processes.
+
+python benchmarks/sweep_reuse.py [--sweep sweeps/lm_iso_flops_gpu.yaml] [--seeds 3] [--out /tmp/sweep_reuse]
+Takes a sweep file's base, loops and baselines at its smallest budget (no lr ladder: every variant at base.train.lr),
+runs it twice through orchestrator/run_sweep.py exactly as users do, first with `resources.reuse_workers: false`
+(a fresh process per trial, the default), then `true`, and prints each run's wall time, its training time summed
+over trials, the per-phase sums from MLflow (perf/*_seconds), and the ratio of the two walls. Both runs train the
+same trials (the same trial keys), so any difference is overhead; their final validation losses must agree.
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loopmdm_core import metrics  # noqa: E402
+from orchestrator import tracking  # noqa: E402
+
+PHASES = {"train": metrics.TRAIN_SECONDS, **{p: m for p, m in metrics.PHASE_SECONDS.items()},
+          "infer": metrics.INFER_SECONDS}
+
+
+def sweep_variant(source: dict, seeds: int, reuse: bool, name: str) -> dict:
+    data = {k: v for k, v in source.items() if k != "lr_ladder"}
+    return {**data, "name": name, "budgets": [min(source["budgets"])], "seeds": list(range(seeds)),
+            "resources": {**source.get("resources", {}), "reuse_workers": reuse}}
+
+
+def run(folder: Path, sweep: dict) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sweep['name']}.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    began = time.perf_counter()
+    out = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), str(path), "-q"], cwd=folder,
+                         capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    if out.returncode != 0:
+        raise SystemExit(f"sweep {sweep['name']} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(sweep["name"])
+    trials = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(tracking.ROLE_TAG) == "trial"]
+    sums = {phase: sum(r.data.metrics.get(key, 0.0) for r in trials) for phase, key in PHASES.items()}
+    return {"name": sweep["name"], "trials": len(trials), "wall_seconds": wall, "phase_seconds": sums,
+            "val_loss": {r.data.tags[tracking.TRIAL_KEY_TAG]: r.data.metrics[metrics.VAL_LOSS] for r in trials}}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sweep", default=str(ROOT / "sweeps" / "lm_iso_flops_gpu.yaml"))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="/tmp/sweep_reuse")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    source = yaml.safe_load(Path(args.sweep).read_text())
+    runs = [run(out / name, sweep_variant(source, args.seeds, reuse, name))
+            for name, reuse in (("fresh", False), ("reused", True))]
+    fresh, reused = runs[0]["val_loss"], runs[1]["val_loss"]
+    assert fresh.keys() == reused.keys(), "the two runs trained different trials"
+    worst = max(abs(fresh[k] - reused[k]) for k in fresh)
+    print(f"final val/loss, reused vs fresh processes: largest difference {worst:.2e} over {len(fresh)} trials")
+    for r in runs:
+        phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
+        print(f"{r['name']:>6}: {r['trials']} trials, {r['wall_seconds']:.0f} s wall; summed over trials (s): {phases}")
+    ratio = runs[1]["wall_seconds"] / runs[0]["wall_seconds"]
+    print(f"wall, reused / fresh processes: {ratio:.2f}")
+    assert worst < 1e-4, "a reused process trained differently"
+    if args.json:
+        Path(args.json).write_text(json.dumps({"sweep": args.sweep, "runs": runs, "wall_ratio": ratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
