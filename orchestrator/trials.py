@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 
 from loopmdm_core import loop_sampling
-from loopmdm_core.config import RunConfig, from_dict
+from loopmdm_core.config import RunConfig, apply_overrides, from_dict, load_run_config
 from loopmdm_core.errors import ConfigError
 from loopmdm_core.model import ModelConfig, depth_matched, same_size
 from loopmdm_core.plan import RunPlan, plan
@@ -205,11 +205,10 @@ class TrialJob:
         return self.config.train.seed
 
     def sampled(self, values: dict) -> "TrialJob":
-        """The trial an Optuna sample makes of this cell: its config with the sampled values, its own key (so its
-        own MLflow run), the cell's key kept as a tag."""
-        from loopmdm_core.config import apply_overrides
-        cfg = from_dict(RunConfig, apply_overrides(self.config.to_dict(), [f"{k}={v}" for k, v in values.items()]),
-                        "search")
+        """The trial an Optuna sample makes of this cell: its config with the sampled values (validated: the
+        sample is a config no one has checked yet), its own key (so its own MLflow run), the cell's key kept as a
+        tag."""
+        cfg = load_run_config(apply_overrides(self.config.to_dict(), [f"{k}={v}" for k, v in values.items()]))
         key = trial_key(cfg)
         tags = {**self.tags, tracking.TRIAL_KEY_TAG: key, tracking.SEARCH_CELL_TAG: self.key,
                 tracking.LR_TAG: str(cfg.train.lr)}  # Optuna may have sampled the lr
