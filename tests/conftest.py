@@ -98,8 +98,3 @@ class Recorder:
         wall_clock = (metrics.TOKENS_PER_S, metrics.MFU, metrics.TRAIN_SECONDS, *metrics.PHASE_SECONDS.values())
         self.rows[step] = {k: v for k, v in values.items() if k not in wall_clock}
 
-
-def pytest_collection_modifyitems(items):
-    """The end-to-end tests (marked slow) first: the two test processes (pytest-xdist, whole files) then start the
-    long files at once and fill the end with the short ones, instead of meeting a long file last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order kept otherwise
