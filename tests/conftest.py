@@ -97,4 +97,3 @@ class Recorder:
             raise KeyboardInterrupt
         wall_clock = (metrics.TOKENS_PER_S, metrics.MFU, metrics.TRAIN_SECONDS, *metrics.PHASE_SECONDS.values())
         self.rows[step] = {k: v for k, v in values.items() if k not in wall_clock}
-
