@@ -1,11 +1,15 @@
 """What a sweep of short trials spends besides training, with and without reusing Ray worker processes.
 
-python benchmarks/sweep_reuse.py [--sweep sweeps/lm_iso_flops_gpu.yaml] [--seeds 3] [--out /tmp/sweep_reuse]
-Takes a sweep file's base, loops and baselines at its smallest budget (no lr ladder: every variant at base.train.lr),
+python benchmarks/sweep_reuse.py [--sweep sweeps/lm_iso_flops_gpu.yaml] [--seeds 3] [--budget B] [--gpu G]
+                                 [--out /tmp/sweep_reuse]
+Takes a sweep file's base, loops and baselines at its smallest budget or --budget (no lr ladder: every variant at
+base.train.lr; --gpu replaces resources.gpu),
 runs it twice through orchestrator/run_sweep.py exactly as users do, first with `resources.reuse_workers: false`
 (a fresh process per trial, the default), then `true`, and prints each run's wall time, its training time summed
 over trials, the per-phase sums from MLflow (perf/*_seconds), and the ratio of the two walls. Both runs train the
 same trials (the same trial keys), so any difference is overhead; their final validation losses must agree.
+Each run's wall is also given against its training time summed over trials / the trials that share the machine
+at a time (1 / resources.gpu on one GPU): 1.0 would mean every slot trained all the time.
 """
 
 import argparse
@@ -29,10 +33,19 @@ PHASES = {"train": metrics.TRAIN_SECONDS, **{p: m for p, m in metrics.PHASE_SECO
           "infer": metrics.INFER_SECONDS}
 
 
-def sweep_variant(source: dict, seeds: int, reuse: bool, name: str) -> dict:
+def sweep_variant(source: dict, seeds: int, reuse: bool, name: str, budget: float | None = None,
+                  gpu: float | None = None) -> dict:
     data = {k: v for k, v in source.items() if k != "lr_ladder"}
-    return {**data, "name": name, "budgets": [min(source["budgets"])], "seeds": list(range(seeds)),
-            "resources": {**source.get("resources", {}), "reuse_workers": reuse}}
+    resources = {**source.get("resources", {}), "reuse_workers": reuse, **({"gpu": gpu} if gpu else {})}
+    return {**data, "name": name, "budgets": [budget or min(source["budgets"])], "seeds": list(range(seeds)),
+            "resources": resources}
+
+
+def concurrency(sweep: dict) -> int:
+    """How many trials run at once: 1 / resources.gpu on one GPU, capped by max_concurrent."""
+    gpu = sweep["resources"].get("gpu", 0)
+    slots = int(round(1 / gpu)) if 0 < gpu < 1 else 1
+    return min(slots, sweep.get("max_concurrent") or slots)
 
 
 def run(folder: Path, sweep: dict) -> dict:
@@ -49,7 +62,9 @@ def run(folder: Path, sweep: dict) -> dict:
     exp = client.get_experiment_by_name(sweep["name"])
     trials = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(tracking.ROLE_TAG) == "trial"]
     sums = {phase: sum(r.data.metrics.get(key, 0.0) for r in trials) for phase, key in PHASES.items()}
+    slots = concurrency(sweep)
     return {"name": sweep["name"], "trials": len(trials), "wall_seconds": wall, "phase_seconds": sums,
+            "concurrency": slots, "wall_over_train_per_slot": wall / (sums["train"] / slots),
             "val_loss": {r.data.tags[tracking.TRIAL_KEY_TAG]: r.data.metrics[metrics.VAL_LOSS] for r in trials}}
 
 
@@ -57,13 +72,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sweep", default=str(ROOT / "sweeps" / "lm_iso_flops_gpu.yaml"))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--budget", type=float, help="the one budget to run (default: the sweep's smallest)")
+    p.add_argument("--gpu", type=float, help="resources.gpu for every trial (default: the sweep's)")
     p.add_argument("--out", default="/tmp/sweep_reuse")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     source = yaml.safe_load(Path(args.sweep).read_text())
-    runs = [run(out / name, sweep_variant(source, args.seeds, reuse, name))
+    runs = [run(out / name, sweep_variant(source, args.seeds, reuse, name, args.budget, args.gpu))
             for name, reuse in (("fresh", False), ("reused", True))]
     fresh, reused = runs[0]["val_loss"], runs[1]["val_loss"]
     assert fresh.keys() == reused.keys(), "the two runs trained different trials"
@@ -72,11 +89,13 @@ def main():
     for r in runs:
         phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
         print(f"{r['name']:>6}: {r['trials']} trials, {r['wall_seconds']:.0f} s wall; summed over trials (s): {phases}")
+        print(f"        wall / (summed training / {r['concurrency']} at a time): {r['wall_over_train_per_slot']:.2f}")
     ratio = runs[1]["wall_seconds"] / runs[0]["wall_seconds"]
     print(f"wall, reused / fresh processes: {ratio:.2f}")
     assert worst < 1e-4, "a reused process trained differently"
     if args.json:
-        Path(args.json).write_text(json.dumps({"sweep": args.sweep, "runs": runs, "wall_ratio": ratio}, indent=2))
+        Path(args.json).write_text(json.dumps({"sweep": args.sweep, "budget": args.budget, "gpu": args.gpu,
+                                               "runs": runs, "wall_ratio": ratio}, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 python benchmarks/throughput.py [--out throughput.json] [--steps 20] [--warmup 12] [--variants ...] [--profile NAME]
 python benchmarks/throughput.py --tiny     # the CPU default config (4 x 128, seq 64, batch 16)
+python benchmarks/throughput.py --layers 8 --width 256 --heads 4 --ff 0 --vocab 4096 --seq 256 --batch 64 \
+    --variants ref_compiled,ours,ours_graphs,ours_batch4x --concurrent 2,4,8   # a small model: which levers pay
 
 Default shape (the one docs/performance.md#training-step-throughput reports): 12 layers x 768 x 12 heads, SwiGLU
 2048, vocab 50304, seq 1024, batch 32, bf16 autocast, AdamW, the MDM loss. Variants:
@@ -10,6 +12,9 @@ Default shape (the one docs/performance.md#training-step-throughput reports): 12
   ours                      loopmdm_core.train.TrainStep as train() and the sweeps run it (compiled blocks)
   loop2 / loop4             ours with layers [2, 6) (--loop) looped 2 / 4 times; *_ckpt: train.checkpoint_loops
   depth2 / depth4           the depth-matched baselines (16 and 24 layers)
+  ours_graphs / loop2_graphs  the blocks compiled with mode="reduce-overhead" (CUDA graphs); ours_whole_graphs:
+                            the whole model as one such graph; ours_batch4x: ours at 4x the batch
+  ours_N_sharing            (--concurrent N) N processes training ours on one GPU at once; their MFUs summed
 Each is timed with CUDA events over --steps steps after --warmup; model FLOPs are flops.py's (loops unrolled,
 the head over every position), MFU is against a bf16 matmul ceiling measured in the same run. Prints a table
 and writes JSON. --profile NAME prints the top CUDA kernels of that variant's step.
@@ -99,18 +104,28 @@ def reference_step(cfg: ModelConfig, seq: int, batch: int, device, compiled: boo
 
 # ------------------------------------------------------------------------------------------ our trainer's step
 
-def our_step(cfg: ModelConfig, seq: int, batch: int, device, checkpoint_loops: bool = False, whole: bool = False):
+def our_step(cfg: ModelConfig, seq: int, batch: int, device, checkpoint_loops: bool = False, whole: bool = False,
+             graphs: bool = False):
     """loopmdm_core's TrainStep, configured as a sweep trial on this device would be (compile on CUDA).
-    Under distributed.launch `batch` is the global batch, split over the ranks as train() splits it."""
+    Under distributed.launch `batch` is the global batch, split over the ranks as train() splits it.
+    Experiments: `whole` compiles one graph for the whole forward (the loop unrolled at its fixed count);
+    `graphs` compiles with mode="reduce-overhead" (CUDA graphs: a block's kernels replayed as one launch)."""
     run = RunConfig(model=cfg, train=TrainConfig(compile=device.type == "cuda", checkpoint_loops=checkpoint_loops,
                                                  batch_size=batch))
     torch.manual_seed(0)
     model = LoopMDM(cfg, "cudnn" if device.type == "cuda" else "sdpa", checkpoint_loops).to(device)
-    if whole:  # experiment: one graph for the whole forward (the loop unrolled at its fixed count)
+    mode = "reduce-overhead" if graphs else None
+    if whole or graphs:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, compile=False))
-        model.compile()
+        for module in [model] if whole else model.layers:
+            module.compile(mode=mode)
     step_fn = TrainStep(model, run, device, cfg.vocab_size - 1)
     batches = [torch.randint(0, cfg.vocab_size - 1, (batch, seq)) for _ in range(4)]  # host, as the data loader gives
+    if graphs:
+        def step(i):
+            torch.compiler.cudagraph_mark_step_begin()  # a new training step: the last one's graph outputs are free
+            return step_fn(i, batches[i % len(batches)], 1e-4)
+        return step
     return lambda i: step_fn(i, batches[i % len(batches)], 1e-4)
 
 
@@ -146,14 +161,48 @@ def data_parallel_seconds(cfg: ModelConfig, seq: int, batch: int, warmup: int, s
     return time_steps(our_step(cfg, seq, batch, device), device, warmup, steps)
 
 
+def _concurrent_worker(cfg: ModelConfig, seq: int, batch: int, warmup: int, steps: int, barrier, results):
+    """One of several processes sharing the GPU, as trials with a fractional `resources.gpu` do: warm up (compile),
+    wait for the others, then time `steps` steps by the wall clock (CUDA events see only this process)."""
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    step = our_step(cfg, seq, batch, device)
+    for i in range(warmup):
+        step(i)
+    sync(device)
+    barrier.wait()
+    start = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    sync(device)
+    results.put(time.perf_counter() - start)
+
+
+def concurrent_seconds(n: int, cfg: ModelConfig, seq: int, batch: int, warmup: int, steps: int) -> list[float]:
+    """Seconds per step in each of `n` processes training `ours` on one GPU at the same time."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_concurrent_worker, args=(cfg, seq, batch, warmup, steps, barrier, results))
+             for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    seconds = [results.get(timeout=900) / steps for _ in procs]
+    for proc in procs:
+        proc.join()
+    return seconds
+
+
 def variants(cfg: ModelConfig, names: list[str], loop: tuple[int, int]):
     looped = {k: dataclasses.replace(cfg, loop_start=loop[0], loop_end=loop[1], n_loops=k) for k in (2, 4)}
-    table = {"ref_eager": ("ref", cfg, False), "ref_compiled": ("ref", cfg, True), "ours": ("ours", cfg, False)}
+    table = {"ref_eager": ("ref", cfg, False), "ref_compiled": ("ref", cfg, True), "ours": ("ours", cfg, False),
+             "ours_graphs": ("graphs", cfg, False), "ours_whole_graphs": ("whole_graphs", cfg, False),
+             "ours_batch4x": ("batch4x", cfg, False)}
     for k, c in looped.items():
         table[f"loop{k}"] = ("ours", c, False)
         table[f"loop{k}_ckpt"] = ("ours", c, True)
         table[f"depth{k}"] = ("ours", depth_matched(c), False)
         table[f"loop{k}_whole"] = ("whole", c, False)
+        table[f"loop{k}_graphs"] = ("graphs", c, False)
     table["ours_whole"] = ("whole", cfg, False)
     unknown = [n for n in names if n not in table]
     if unknown:
@@ -197,6 +246,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1,
                    help="also time `ours` data-parallel on this many GPUs (batch per GPU = --batch) and print the "
                         "scaling efficiency against one GPU")
+    p.add_argument("--concurrent", default="",
+                   help="comma-separated process counts, e.g. 2,4,8: also time `ours` in that many processes sharing "
+                        "the GPU at once (trials with resources.gpu 1/N) and print their summed MFU")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.tiny:
@@ -216,20 +268,23 @@ def main(argv=None):
     rows = []
     loop = tuple(int(v) for v in args.loop.split(","))
     for label, kind, c, ckpt in variants(cfg, args.variants.split(","), loop):
-        make = (lambda c=c, compiled=ckpt: reference_step(c, args.seq, args.batch, device, compiled)) if kind == "ref" \
-            else (lambda c=c, ckpt=ckpt, kind=kind: our_step(c, args.seq, args.batch, device, ckpt, kind == "whole"))
+        batch = 4 * args.batch if kind == "batch4x" else args.batch  # a larger micro-batch: the same FLOPs per token
+        make = (lambda c=c, compiled=ckpt: reference_step(c, args.seq, batch, device, compiled)) if kind == "ref" \
+            else (lambda c=c, ckpt=ckpt, kind=kind, batch=batch: our_step(
+                c, args.seq, batch, device, ckpt, kind.startswith("whole"), kind.endswith("graphs")))
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
             step = make()
             dt = time_steps(step, device, args.warmup, args.steps)
-        except torch.OutOfMemoryError:
-            rows.append({"variant": label, "error": "out of memory"})
-            print(f"{label:<14} out of memory")
+        except Exception as e:  # an experiment that does not run (out of memory, a compile mode that fails) is a row
+            error = "out of memory" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {e}"[:300]
+            rows.append({"variant": label, "error": error})
+            print(f"{label:<14} {error}")
             continue
-        per_step = flops.train_flops_per_step(c, args.seq, args.batch)
-        row = {"variant": label, "layers_applied": c.applied_layers(), "tokens_per_s": args.batch * args.seq / dt,
+        per_step = flops.train_flops_per_step(c, args.seq, batch)
+        row = {"variant": label, "layers_applied": c.applied_layers(), "tokens_per_s": batch * args.seq / dt,
                "ms_per_step": dt * 1e3, "model_tflops": per_step / dt / 1e12, "mfu": mfu(per_step, dt, ceiling),
                "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
         rows.append(row)
@@ -245,6 +300,15 @@ def main(argv=None):
                      "tokens_per_s": args.batch * args.workers * args.seq / dt, "ms_per_step": dt * 1e3,
                      "model_tflops": per_step / dt / 1e12, "mfu": mfu(per_step, dt, ceiling, args.workers),
                      "peak_mem_gib": None})
+    for n in [int(v) for v in args.concurrent.split(",") if v]:
+        seconds = concurrent_seconds(n, cfg, args.seq, args.batch, args.warmup, args.steps)
+        per_step = flops.train_flops_per_step(cfg, args.seq, args.batch)
+        rows.append({"variant": f"ours_{n}_sharing", "layers_applied": cfg.applied_layers(),
+                     "tokens_per_s": sum(args.batch * args.seq / dt for dt in seconds),
+                     "ms_per_step": 1e3 * sum(seconds) / n,  # each process's own, averaged
+                     "model_tflops": sum(per_step / dt for dt in seconds) / 1e12,
+                     "mfu": sum(mfu(per_step, dt, ceiling) for dt in seconds), "peak_mem_gib": None,
+                     "mfu_per_process": [mfu(per_step, dt, ceiling) for dt in seconds]})
     base = {r["variant"]: r for r in rows if "error" not in r}
     print(f"{'variant':<14} {'layers':>6} {'tokens/s':>10} {'ms/step':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} "
           f"{'vs ref_compiled':>15}")

@@ -68,6 +68,45 @@ def test_mask_rate_follows_t():
     assert abs(rates[0] - 0.1) < 0.01 and abs(rates[1] - 0.8) < 0.01
 
 
+def slow_validation(model, batches, n_t, seed, fixed, scored):
+    """validation_losses written out: for each batch, for each t of the grid in order, masks from one generator
+    seeded by `seed`, the whole-vocabulary ELBO per token; the answer loss over scored positions alone."""
+    generator = torch.Generator().manual_seed(seed)
+    total = answer = 0.0
+    tokens = answer_tokens = 0
+    for x, f, s in zip(batches, fixed, scored):
+        for t in diffusion.stratified_t(n_t):
+            xt, masked = diffusion.mask_tokens(x, t.expand(x.shape[0]), MASK, generator, f)
+            logits = model.logits(model(xt)).double()
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x, reduction="none") / t.item()
+            total += ce[masked].sum().item()
+            answer += ce[masked & s].sum().item()
+        tokens += x.numel() * n_t
+        answer_tokens += int(s.sum()) * n_t
+    return total / tokens, answer / answer_tokens
+
+
+@pytest.mark.parametrize("tokens_per_forward", [diffusion.VALIDATION_TOKENS_PER_FORWARD, 3 * 16, 2 * 3 * 16])
+def test_validation_matches_the_elbo_written_out(tokens_per_forward, monkeypatch):
+    """Scored a few mask ratios per forward (all 5; one; two, two and one) and summed on the device, the
+    validation ELBO is the written-out one: the same masks in the same order, prompts never masked, the answer
+    loss over scored tokens only."""
+    monkeypatch.setattr(diffusion, "VALIDATION_TOKENS_PER_FORWARD", tokens_per_forward)
+    torch.manual_seed(0)
+    model = LoopMDM(CFG).eval()
+    batches = [torch.randint(0, MASK, (3, 16), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    fixed = [torch.zeros(3, 16, dtype=torch.bool) for _ in batches]
+    for f in fixed:
+        f[:, :4] = True  # a 4-token prompt
+    scored = [torch.zeros(3, 16, dtype=torch.bool) for _ in batches]
+    for s in scored:
+        s[:, 4:7] = True  # a 3-token answer
+    loss, answer = diffusion.validation_losses(model, batches, MASK, n_t=5, seed=3, fixed=fixed, scored=scored)
+    want_loss, want_answer = slow_validation(model, batches, 5, 3, fixed, scored)
+    assert loss == pytest.approx(want_loss, rel=1e-5) and answer == pytest.approx(want_answer, rel=1e-5)
+    assert answer != pytest.approx(loss, rel=1e-2)  # the answer loss is its own number
+
+
 def test_validation_is_deterministic_and_uses_the_grid():
     torch.manual_seed(0)
     model = LoopMDM(CFG).eval()
