@@ -23,6 +23,7 @@ and writes JSON. --profile NAME prints the top CUDA kernels of that variant's st
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -161,11 +162,13 @@ def data_parallel_seconds(cfg: ModelConfig, seq: int, batch: int, warmup: int, s
     return time_steps(our_step(cfg, seq, batch, device), device, warmup, steps)
 
 
-def _concurrent_worker(cfg: ModelConfig, seq: int, batch: int, warmup: int, steps: int, barrier, results):
+def _concurrent_worker(cfg: ModelConfig, seq: int, batch: int, warmup: int, steps: int, threads: int, barrier,
+                       results):
     """One of several processes sharing the GPU, as trials with a fractional `resources.gpu` do: warm up (compile),
     wait for the others, then time `steps` steps by the wall clock (CUDA events see only this process)."""
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_num_threads(threads)  # the host's cores shared out, as Ray shares them among trials
     step = our_step(cfg, seq, batch, device)
     for i in range(warmup):
         step(i)
@@ -182,7 +185,8 @@ def concurrent_seconds(n: int, cfg: ModelConfig, seq: int, batch: int, warmup: i
     """Seconds per step in each of `n` processes training `ours` on one GPU at the same time."""
     ctx = torch.multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_concurrent_worker, args=(cfg, seq, batch, warmup, steps, barrier, results))
+    threads = max(1, (os.cpu_count() or 1) // n)
+    procs = [ctx.Process(target=_concurrent_worker, args=(cfg, seq, batch, warmup, steps, threads, barrier, results))
              for _ in range(n)]
     for proc in procs:
         proc.start()
