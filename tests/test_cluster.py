@@ -10,7 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import tracking
-from test_sweep_e2e import assert_same_sweep, finish, runs_of, start_sweep, store_created, write_sweep
+from test_sweep_e2e import (assert_same_sweep, finish, runs_of, start_sweep, store_created, sweep_histories,
+                            write_sweep)
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +63,8 @@ def test_node_lost_mid_trial_is_retried_from_its_checkpoint(cluster, reference, 
     c.remove_node(worker, allow_graceful=False)  # raylet and its workers SIGKILLed, mid-trial
     out = finish(proc)
     assert proc.returncode == 0 and "2 finished, 0 failed" in out, out
-    assert_same_sweep(reference, tmp_path, "cluster")  # one run per trial, every step once, the same values
+    # one run per trial, every step once, the same values
+    assert_same_sweep(sweep_histories(reference, "cluster"), tmp_path, "cluster")
     _, _, trials = runs_of(tmp_path, "cluster")
     moved = trials[victim]
     assert moved.data.tags[tracking.NODE_TAG] == c.head_node.node_id  # retried on the surviving node ...

@@ -3,7 +3,7 @@ mid-step, while a checkpoint is written, while metrics are sent to MLflow and af
 command then resumes it, and it must end exactly like an uninterrupted sweep. A trial process killed alone (as by
 the OS) is retried by Ray Tune from its last checkpoint within the same sweep.
 
-One uninterrupted reference sweep serves both tests. The sweep kills are one chain in one folder: each launch is
+Both end equal to one uninterrupted reference: the trainer's own output for the same trials (trainer_histories). The sweep kills are one chain in one folder: each launch is
 killed at its point, the next launch resumes from what the kill left (and is killed at the next point), the last
 one finishes; a resume that lost, duplicated or corrupted anything at any point leaves a difference from the
 reference at the end (or a failing launch). Two trials one at a time: loop[1,2)x2 (45 steps) then same_size(3L)
@@ -14,7 +14,7 @@ import signal
 import pytest
 
 from orchestrator import tracking
-from test_sweep_e2e import assert_same_sweep, finish, runs_of, start_sweep, write_sweep
+from test_sweep_e2e import assert_same_sweep, finish, runs_of, start_sweep, trainer_histories, write_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +30,7 @@ KILL_POINTS = [("trial_start", "a trial's start"), ("step:10", "a training step"
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_corpus, cache_dir):
-    folder = tmp_path_factory.mktemp("reference")
-    out = finish(start_sweep(sweep_file(folder, tiny_corpus, cache_dir), folder))
-    assert "2 finished, 0 failed" in out, out
-    return folder
+    return trainer_histories(sweep_file(tmp_path_factory.mktemp("reference"), tiny_corpus, cache_dir))
 
 
 def sweep_file(folder, tiny_corpus, cache_dir, **extra):

@@ -169,17 +169,41 @@ def store_created(db: Path, experiment: str) -> bool:
         return False
 
 
-def assert_same_sweep(reference_dir: Path, got_dir: Path, name: str):
-    """One FINISHED parent, the same trials with one FINISHED run each, every metric at the same steps (none
-    twice) with the same values as the uninterrupted reference."""
-    client_r, _, ref = runs_of(reference_dir, name)
-    client_k, parents_k, got = runs_of(got_dir, name)
-    assert len(parents_k) == 1 and parents_k[0].info.status == "FINISHED"
-    assert got.keys() == ref.keys()  # the same trials, one run each
+def sweep_histories(folder: Path, name: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Every trial's metric histories in the sweep's MLflow store under `folder`, by trial key."""
+    client, _, trials = runs_of(folder, name)
+    return {key: histories(client, run) for key, run in trials.items()}
+
+
+def trainer_histories(sweep: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """What each trial of `sweep` logs when the trainer runs it uninterrupted, here in this process: no Ray, no
+    MLflow, no checkpoint. The reference a sweep that was killed, resumed or cut off from its store must end
+    equal to, for a few seconds of training instead of a whole reference sweep."""
+    from conftest import Recorder
+    from loopmdm_core.train import train
+    from orchestrator import spec, trials
+    out = {}
+    for trial in trials.expand(spec.load(sweep)):
+        recorder = Recorder()
+        train(trial.plan, sink=recorder)
+        series: dict[str, list[tuple[int, float]]] = {}
+        for step, values in sorted(recorder.rows.items()):
+            for key, value in values.items():
+                series.setdefault(key, []).append((step, value))
+        out[trial.key] = series
+    return out
+
+
+def assert_same_sweep(expected: dict[str, dict[str, list[tuple[int, float]]]], got_dir: Path, name: str):
+    """One FINISHED parent, the expected trials with one FINISHED run each, every metric at the expected steps
+    (none twice) with the expected values (sweep_histories or trainer_histories of an uninterrupted run)."""
+    client, parents, got = runs_of(got_dir, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert got.keys() == expected.keys()  # the same trials, one run each
     for key, run in got.items():
         assert run.info.status == "FINISHED"
-        h_got, h_ref = histories(client_k, run), histories(client_r, ref[key])
-        assert h_got.keys() == h_ref.keys()
+        h_got, h_ref = histories(client, run), expected[key]
+        assert h_got.keys() == h_ref.keys(), key
         for metric in h_ref:
             assert [s for s, _ in h_got[metric]] == [s for s, _ in h_ref[metric]], (key, metric)
             assert [v for _, v in h_got[metric]] == pytest.approx([v for _, v in h_ref[metric]], rel=1e-5)
@@ -188,7 +212,9 @@ def assert_same_sweep(reference_dir: Path, got_dir: Path, name: str):
 def test_failing_trial_is_failed_with_its_error_and_others_finish(tmp_path, tiny_corpus, cache_dir):
     # Optuna samples lr from two values, one of which makes the loss infinite at once: that trial fails with
     # TrainingDiverged, the others finish, and the best config lands on the parent run.
+    # Ray workers are reused (resources.reuse_workers): the failure does not leak into the next trial's process.
     sweep = write_sweep(tmp_path, tiny_corpus, cache_dir, "search", baselines=[],
+                        resources={"cpu": 1, "reuse_workers": True},
                         search={"n_trials": 4, "params": {"train.lr": {"distribution": "choice",
                                                                        "choices": [3e-3, 1e9]}}})
     out = finish(start_sweep(sweep, tmp_path))
