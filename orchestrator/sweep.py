@@ -75,15 +75,19 @@ def prepare_data(trials: list[TrialSpec]):
 
 
 def check_cluster(resources: Resources):
-    """A trial must fit on one node of the cluster, or Ray would wait for it forever: fail now instead."""
+    """A trial must fit on one node of the cluster, or Ray would wait for it forever: fail now instead, with every
+    resource that does not fit."""
     import ray
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problems = []
     for name, key, need in (("cpu", "CPU", resources.cpu), ("gpu", "GPU", resources.gpu)):
         best = max((n.get(key, 0.0) for n in nodes), default=0.0)
         if need > best:
-            raise ConfigError(f"resources.{name}: a trial asks for {need:g} {key}{'s' if need != 1 else ''}, but no "
-                              f"node of the Ray cluster has more than {best:g}; lower resources.{name} (or add "
-                              f"such a node)")
+            problems.append(f"resources.{name}: a trial asks for {need:g} {key}{'s' if need != 1 else ''}, but no "
+                            f"node of the Ray cluster has more than {best:g}; lower resources.{name} (or add such a "
+                            f"node)")
+    if problems:
+        raise ConfigError(problems)
 
 
 # The tracking server's credentials, read from the driver's environment: trials on other nodes get them through

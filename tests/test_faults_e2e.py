@@ -1,13 +1,14 @@
 """Kill anywhere, for real: failpoints (loopmdm_core/failpoints.py) SIGKILL the whole sweep at trial start,
 mid-step, while a checkpoint is written, while metrics are sent to MLflow and after a trial has finished; the same
-command then resumes it, and it must end exactly like an uninterrupted sweep. A trial process killed alone (as by
+command then resumes it, and it must end exactly like an uninterrupted run. A trial process killed alone (as by
 the OS) is retried by Ray Tune from its last checkpoint within the same sweep.
 
-Both end equal to one uninterrupted reference: the trainer's own output for the same trials (trainer_histories). The sweep kills are one chain in one folder: each launch is
-killed at its point, the next launch resumes from what the kill left (and is killed at the next point), the last
-one finishes; a resume that lost, duplicated or corrupted anything at any point leaves a difference from the
-reference at the end (or a failing launch). Two trials one at a time: loop[1,2)x2 (45 steps) then same_size(3L)
-(57 steps), a checkpoint every 4 steps."""
+Both tests end equal to one uninterrupted reference: what the trainer logs for the same trials, run alone in this
+process (trainer_histories). The sweep kills are one chain in one folder: each launch is killed at its point, the
+next launch resumes from what the kill left (and is killed at the next point), the last one finishes; a resume
+that lost, duplicated or corrupted anything at any point leaves a difference from the reference at the end (or a
+failing launch). Two trials one at a time: loop[1,2)x2 (45 steps) then same_size(3L) (57 steps), a checkpoint
+every 4 steps."""
 
 import signal
 
