@@ -37,7 +37,9 @@ def sweep_variant(source: dict, seeds: int, reuse: bool, name: str, budget: floa
                   gpu: float | None = None) -> dict:
     data = {k: v for k, v in source.items() if k != "lr_ladder"}
     resources = {**source.get("resources", {}), "reuse_workers": reuse, **({"gpu": gpu} if gpu else {})}
-    return {**data, "name": name, "budgets": [budget or min(source["budgets"])], "seeds": list(range(seeds)),
+    # PyYAML reads 3.0e14 (no sign in the exponent) as a string: min() of strings once picked 1e15, not 3e14
+    smallest = min(float(b) for b in source["budgets"])
+    return {**data, "name": name, "budgets": [budget or smallest], "seeds": list(range(seeds)),
             "resources": resources}
 
 
