@@ -11,7 +11,11 @@ FLOPS = "flops"  # cumulative training FLOPs (flops.py), logged with every loss 
 TOKENS = "tokens"  # cumulative training tokens
 LR = "lr"
 TOKENS_PER_S = "perf/tokens_per_s"
-MFU = "perf/mfu"  # model FLOPs per second / the peak (train.peak_flops); never above 1 (then not logged)
+MFU = "perf/mfu"  # model FLOPs per second / the peak (train.peak_flops), per logging window; never above 1
+# The run's MFU: all its training FLOPs over its perf/train_seconds, logged once, with the last step. The figure to
+# quote for a run: trials sharing a GPU often log their last windows after the others finished, when perf/mfu reads
+# higher than the run ever averaged
+MFU_RUN = "perf/mfu_run"
 TRAIN_SECONDS = "perf/train_seconds"  # cumulative wall time spent in training steps (no eval, no set-up)
 # Wall time of a trial's other phases, cumulative over resumed sessions, logged with perf/train_seconds (the
 # run's last checkpoint write comes after its last log); a sweep's closing summary sums them over trials
@@ -20,7 +24,7 @@ INFER_SECONDS = "perf/infer_seconds"  # the evaluations after training (evaluate
 TRAIN_LOOPS = "train/n_loops"  # sampled loop counts (train.loop_sampling): their mean since the last log
 
 ALL = (TRAIN_LOSS, VAL_LOSS, VAL_PPL, VAL_ANSWER_LOSS, VAL_ACCURACY, FLOPS, TOKENS, LR, TOKENS_PER_S, MFU,
-       TRAIN_SECONDS, TRAIN_LOOPS, *PHASE_SECONDS.values())
+       MFU_RUN, TRAIN_SECONDS, TRAIN_LOOPS, *PHASE_SECONDS.values())
 
 # After training (evaluate.inference_eval); their step is not an optimizer step but the x of the curve:
 INFER_VAL_LOSS = "infer/val_loss"  # step = n_loops used at inference

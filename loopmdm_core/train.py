@@ -259,6 +259,10 @@ def train(run: RunPlan | RunConfig | dict, sink: Sink | None = None,
                             "to this device's real peak", utilisation, peak)
                 mfu_warned = True
             values[metrics.TRAIN_SECONDS] = train_seconds
+            if done == run.steps:  # train_seconds is cumulative over resumed sessions, as the FLOPs are
+                whole_run = mfu(run.flops_after(done), train_seconds, peak, world)
+                if whole_run is not None and whole_run <= 1:
+                    values[metrics.MFU_RUN] = whole_run
             values.update({metrics.PHASE_SECONDS[k]: v for k, v in phases.items()})
             if run.loops:  # the mean loop count drawn since the last log
                 values[metrics.TRAIN_LOOPS] = sum(run.loops[done - window_steps:done]) / window_steps

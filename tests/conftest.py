@@ -117,5 +117,6 @@ class Recorder:
         from loopmdm_core import metrics
         if step == self.stop_at:
             raise KeyboardInterrupt
-        wall_clock = (metrics.TOKENS_PER_S, metrics.MFU, metrics.TRAIN_SECONDS, *metrics.PHASE_SECONDS.values())
+        wall_clock = (metrics.TOKENS_PER_S, metrics.MFU, metrics.MFU_RUN, metrics.TRAIN_SECONDS,
+                      *metrics.PHASE_SECONDS.values())
         self.rows[step] = {k: v for k, v in values.items() if k not in wall_clock}

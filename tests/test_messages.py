@@ -60,14 +60,18 @@ def test_mfu_is_never_above_one(tiny_config, caplog):
         return tiny_config(train={"budget_flops": 6e8, "log_every": 1, **train_section},
                            eval={"fractions": [1.0], "n_batches": 1})
     train(short(), sink=lambda step, values: rows.append(values))
-    assert not any(metrics.MFU in r for r in rows) and any(metrics.TOKENS_PER_S in r for r in rows)
+    assert not any(metrics.MFU in r or metrics.MFU_RUN in r for r in rows)
+    assert any(metrics.TOKENS_PER_S in r for r in rows)
     rows.clear()
     train(short(peak_flops=1e15), sink=lambda step, values: rows.append(values))
     logged = [r[metrics.MFU] for r in rows if metrics.MFU in r]
     assert logged and all(0 < m <= 1 for m in logged)
+    [last] = [r for r in rows if metrics.MFU_RUN in r]  # once, with the last step: the whole run's FLOPs and time
+    assert last is [r for r in rows if metrics.TRAIN_SECONDS in r][-1]
+    assert last[metrics.MFU_RUN] == pytest.approx(last[metrics.FLOPS] / last[metrics.TRAIN_SECONDS] / 1e15)
     rows.clear()
     train(short(peak_flops=1.0), sink=lambda step, values: rows.append(values))
-    assert not any(metrics.MFU in r for r in rows)
+    assert not any(metrics.MFU in r or metrics.MFU_RUN in r for r in rows)
     assert "set train.peak_flops" in caplog.text
 
 
