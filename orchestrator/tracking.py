@@ -233,6 +233,9 @@ class TrialLogger:
     trainable flushes before each checkpoint: steps after it are re-reported on resume anyway).
     A batch the store does not take after a few retries is appended to a spool file (spool_dir()/<run id>.jsonl)
     and training goes on; `orchestrator/replay.py` delivers it later, skipping what the run already holds.
+    Once a batch has failed every retry the store is taken to be down: later sends try it once, without waiting,
+    and spool at once if it still refuses, so an outage costs training one round of retries, not one per flush.
+    The first send it takes again ends that.
     """
 
     def __init__(self, uri: str, run_id: str, flush_seconds: float = 10.0):
@@ -242,6 +245,7 @@ class TrialLogger:
         self.last_step = max((m.step for m in history), default=0)
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
+        self._store_down = False
         self.client.update_run(run_id, status="RUNNING")
         if ERROR_TAG in self.client.get_run(run_id).data.tags:  # a retry clears the error of its last attempt
             self.client.delete_tag(run_id, ERROR_TAG)
@@ -261,17 +265,23 @@ class TrialLogger:
         batch = [Metric(key, float(v), now_ms, int(s)) for key, points in series.items() for s, v in points]
         if len(batch) > MAX_BATCH_METRICS:
             raise ValueError(f"{len(batch)} metrics: more than one log_batch call takes")
-        if not deliver(lambda: self.client.log_batch(self.run_id, metrics=batch)):
+        if not self._deliver(lambda: self.client.log_batch(self.run_id, metrics=batch)):
             self._spool(batch)
 
     def flush(self):
         for i in range(0, len(self._buffer), MAX_BATCH_METRICS):
             chunk = self._buffer[i:i + MAX_BATCH_METRICS]
             failpoints.reached("mlflow_log")
-            if not deliver(lambda: self.client.log_batch(self.run_id, metrics=chunk)):
+            if not self._deliver(lambda: self.client.log_batch(self.run_id, metrics=chunk)):
                 self._spool(chunk)
         self._buffer = []
         self._last_flush = time.monotonic()
+
+    def _deliver(self, send) -> bool:
+        """deliver(send), with a single attempt while the store is down (see the class)."""
+        delivered = deliver(send, attempts=1 if self._store_down else 4)
+        self._store_down = not delivered
+        return delivered
 
     def _spool(self, items: list):
         """Append metrics (and status dicts) to this run's spool file, durably."""
@@ -287,7 +297,7 @@ class TrialLogger:
 
     def finish(self, status: str, error: str | None = None):
         self.flush()
-        if not deliver(lambda: end_run(self.client, self.run_id, status, error)):
+        if not self._deliver(lambda: end_run(self.client, self.run_id, status, error)):
             self._spool([{"status": status, "error": error}])
 
 

@@ -139,7 +139,8 @@ def test_ladder_sweep_end_to_end_and_rerun(tmp_path, tiny_corpus, cache_dir):
     the larger budget only at each variant's chosen lr; the same command again starts nothing new. One seed
     (about 50 s + 15 s for the rerun on 2 cores; the seed mean is checked by the tests above). Its Ray workers are
     reused (resources.reuse_workers): a process that trained one trial trains the next exactly as a fresh one."""
-    from test_sweep_e2e import finish, histories, runs_of, start_sweep, trainer_histories, write_sweep
+    from test_sweep_e2e import (assert_same_histories, finish, histories, runs_of, start_sweep, trainer_histories,
+                                write_sweep)
     sweep = write_sweep(tmp_path, tiny_corpus, cache_dir, "ladder", baselines=["same_size"], budgets=[1.5e9, 2.5e9],
                         seeds=[0], max_concurrent=2, lr_ladder={"values": [3e-3, 3e-2]},
                         resources={"cpu": 1, "reuse_workers": True})
@@ -149,11 +150,7 @@ def test_ladder_sweep_end_to_end_and_rerun(tmp_path, tiny_corpus, cache_dir):
     [parent] = parents
     assert parent.info.status == "FINISHED" and len(trials) == 6
     for key, expected in trainer_histories(sweep).items():  # the 4 ladder trials, each trained alone
-        got = histories(client, trials[key])
-        assert got.keys() == expected.keys(), key
-        for metric, points in expected.items():
-            assert [s for s, _ in got[metric]] == [s for s, _ in points], (key, metric)
-            assert [v for _, v in got[metric]] == pytest.approx([v for _, v in points], rel=1e-5), (key, metric)
+        assert_same_histories(histories(client, trials[key]), expected, key)
     ladder = [r for r in trials.values() if r.data.tags["loopmdm.budget_flops"] == "1.5e+09"]
     later = [r for r in trials.values() if r.data.tags["loopmdm.budget_flops"] == "2.5e+09"]
     cells = lambda runs: sorted((r.data.tags["loopmdm.label"], r.data.tags["loopmdm.lr"], r.data.tags["loopmdm.seed"])

@@ -194,19 +194,24 @@ def trainer_histories(sweep: Path) -> dict[str, dict[str, list[tuple[int, float]
     return out
 
 
+def assert_same_histories(got: dict[str, list[tuple[int, float]]], expected: dict[str, list[tuple[int, float]]],
+                          key: str):
+    """Trial `key` logged the expected metrics, each at the expected steps (none twice), with the expected values."""
+    assert got.keys() == expected.keys(), key
+    for metric, points in expected.items():
+        assert [s for s, _ in got[metric]] == [s for s, _ in points], (key, metric)
+        assert [v for _, v in got[metric]] == pytest.approx([v for _, v in points], rel=1e-5), (key, metric)
+
+
 def assert_same_sweep(expected: dict[str, dict[str, list[tuple[int, float]]]], got_dir: Path, name: str):
-    """One FINISHED parent, the expected trials with one FINISHED run each, every metric at the expected steps
-    (none twice) with the expected values (sweep_histories or trainer_histories of an uninterrupted run)."""
+    """One FINISHED parent, the expected trials with one FINISHED run each, each with the expected histories
+    (sweep_histories or trainer_histories of an uninterrupted run)."""
     client, parents, got = runs_of(got_dir, name)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert got.keys() == expected.keys()  # the same trials, one run each
     for key, run in got.items():
         assert run.info.status == "FINISHED"
-        h_got, h_ref = histories(client, run), expected[key]
-        assert h_got.keys() == h_ref.keys(), key
-        for metric in h_ref:
-            assert [s for s, _ in h_got[metric]] == [s for s, _ in h_ref[metric]], (key, metric)
-            assert [v for _, v in h_got[metric]] == pytest.approx([v for _, v in h_ref[metric]], rel=1e-5)
+        assert_same_histories(histories(client, run), expected[key], key)
 
 
 def test_failing_trial_is_failed_with_its_error_and_others_finish(tmp_path, tiny_corpus, cache_dir):

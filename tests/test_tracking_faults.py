@@ -36,10 +36,16 @@ def test_server_dropping_out_spools_metrics_and_replay_delivers_them_once(tmp_pa
         assert logger.spooled == 0
         os.killpg(server.pid, signal.SIGKILL)  # the server dies mid-run
         server.wait(timeout=30)
-        for step in range(11, 21):
-            logger(step, values(step))
-        logger.finish("FINISHED")  # training goes on: the batch and the final status are spooled
+        waits = []  # the retries' waits, recorded instead of slept
+        with monkeypatch.context() as patched:
+            patched.setattr(tracking.time, "sleep", waits.append)
+            for step in range(11, 21):
+                logger(step, values(step))
+                if step % 5 == 0:
+                    logger.flush()
+            logger.finish("FINISHED")  # training goes on: both batches and the final status are spooled
         assert logger.spooled == 10 * len(METRICS)
+        assert waits == [0.5, 1.0, 2.0]  # one round of retries for the outage, then one try per send
         spool = tmp_path / "spool" / f"{run_id}.jsonl"
         assert spool.exists()
 

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import tracking
-from test_sweep_e2e import finish, histories, start_sweep, trainer_histories, write_sweep
+from test_sweep_e2e import assert_same_histories, finish, histories, start_sweep, trainer_histories, write_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -167,13 +167,9 @@ def test_server_restarted_mid_sweep_loses_and_duplicates_nothing(server, tmp_pat
         got = {r.data.tags[tracking.TRIAL_KEY_TAG]: r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "trial"}
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
         assert got.keys() == reference.keys()  # one run per trial
-        for key, run in got.items():
+        for key, run in got.items():  # every step once, with the uninterrupted run's values
             assert run.info.status == "FINISHED"
-            h_got, h_ref = histories(client, run), reference[key]
-            assert h_got.keys() == h_ref.keys()
-            for metric in h_ref:  # every step once, with the uninterrupted sweep's values
-                assert [s for s, _ in h_got[metric]] == [s for s, _ in h_ref[metric]], (key, metric)
-                assert [v for _, v in h_got[metric]] == pytest.approx([v for _, v in h_ref[metric]], rel=1e-5)
+            assert_same_histories(histories(client, run), reference[key], key)
     finally:
         del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
 
