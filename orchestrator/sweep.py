@@ -260,9 +260,13 @@ def _claim_stage2(path: Path, key: str, chosen: dict):
 
 def _deliver_spooled(client, exp_id: str, parent_id: str, outcome: SweepOutcome):
     """What the sweep's trials spooled on this machine while the store was down, delivered now (what trials on
-    other nodes spooled waits there for orchestrator/replay.py, unless $LOOPMDM_SPOOL is a folder all share)."""
+    other nodes spooled waits there for orchestrator/replay.py, unless $LOOPMDM_SPOOL is a folder all share).
+    Trials get through an outage quickly (they spool), so a sweep can end while its store restarts: it waits for
+    the store as a trial's start does (about a minute) before it delivers, reconciles and closes its runs."""
     try:
-        run_ids = {r.info.run_id for r in tracking.child_runs(client, exp_id, parent_id)}
+        runs = tracking.retrying(lambda: tracking.child_runs(client, exp_id, parent_id),
+                                 attempts=tracking.STARTUP_ATTEMPTS)
+        run_ids = {r.info.run_id for r in runs}
         outcome.replayed = replay.replay_runs(client, tracking.spool_dir(), run_ids)
     except Exception as e:  # the store is down again: the spool files stay for replay.py
         log.warning(f"spooled metrics not delivered ({type(e).__name__}: {e}); run orchestrator/replay.py once the "

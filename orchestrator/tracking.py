@@ -202,6 +202,11 @@ def spool_dir() -> Path:
     return Path(os.environ.get("LOOPMDM_SPOOL") or Path.home() / ".cache" / "loopmdm" / "mlflow_spool").expanduser()
 
 
+# Calls that cannot go on without the store (a trial opening its run, a sweep closing its runs) wait this many
+# attempts for it, doubling from 0.5 s: about a minute, what a restarting tracking server takes
+STARTUP_ATTEMPTS = 8
+
+
 def retrying(call, attempts: int = 4, first_wait: float = 0.5):
     """call()'s value, calling it `attempts` times at most with doubling waits (a SQLite store busy with other
     writers, a server restarting); the last attempt's exception when every one failed."""

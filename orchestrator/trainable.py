@@ -33,11 +33,6 @@ TUNE_KEYS = {metrics.TRAIN_LOSS: "train_loss", metrics.VAL_LOSS: "val_loss", met
              metrics.TOKENS_PER_S: "tokens_per_s"}
 
 
-# A trial's first calls to the tracking store wait out a restarting server (about a minute: 0.5 s doubling, 8
-# attempts) rather than fail the trial, whose retries would meet the same outage.
-STARTUP_ATTEMPTS = 8
-
-
 def tune_metric(name: str) -> str:
     return TUNE_KEYS.get(name, name.replace("/", "_"))
 
@@ -96,7 +91,8 @@ def run_trial(space: dict):
     torch.set_num_threads(max(1, int(sweep.cpus)))  # one thread per CPU Ray gave the trial: no oversubscription
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one INFO line per checkpoint in the driver
     run = plan(job.config)
-    logger = tracking.retrying(lambda: _open(job, run), attempts=STARTUP_ATTEMPTS)
+    # wait out a restarting server rather than fail the trial, whose retries would meet the same outage
+    logger = tracking.retrying(lambda: _open(job, run), attempts=tracking.STARTUP_ATTEMPTS)
     failpoints.reached("trial_start")
     root = Path(sweep.checkpoint_root) / job.key
     checkpoint_steps = set(run.checkpoint_steps)
