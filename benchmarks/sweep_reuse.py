@@ -27,19 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loopmdm_core import metrics  # noqa: E402
-from orchestrator import tracking  # noqa: E402
+from orchestrator import spec, tracking  # noqa: E402
 
 PHASES = {"train": metrics.TRAIN_SECONDS, **{p: m for p, m in metrics.PHASE_SECONDS.items()},
           "infer": metrics.INFER_SECONDS}
 
 
-def sweep_variant(source: dict, seeds: int, reuse: bool, name: str, budget: float | None = None,
-                  gpu: float | None = None) -> dict:
+def sweep_variant(source: dict, seeds: int, reuse: bool, name: str, budget: float, gpu: float | None = None) -> dict:
     data = {k: v for k, v in source.items() if k != "lr_ladder"}
     resources = {**source.get("resources", {}), "reuse_workers": reuse, **({"gpu": gpu} if gpu else {})}
-    # PyYAML reads 3.0e14 (no sign in the exponent) as a string: min() of strings once picked 1e15, not 3e14
-    smallest = min(float(b) for b in source["budgets"])
-    return {**data, "name": name, "budgets": [budget or smallest], "seeds": list(range(seeds)),
+    return {**data, "name": name, "budgets": [budget], "seeds": list(range(seeds)),
             "resources": resources}
 
 
@@ -83,8 +80,11 @@ def main():
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     source = yaml.safe_load(Path(args.sweep).read_text())
+    # the budgets as the sweep parser reads them: PyYAML alone reads 3.0e14 (no sign in the exponent) as a string,
+    # and min() of strings once picked 1e15 here
+    budget = args.budget or min(spec.load(args.sweep).budgets)
     arms = args.arms.split(",")
-    runs = [run(out / name, sweep_variant(source, args.seeds, reuse, name, args.budget, args.gpu))
+    runs = [run(out / name, sweep_variant(source, args.seeds, reuse, name, budget, args.gpu))
             for name, reuse in (("fresh", False), ("reused", True)) if name in arms]
     for r in runs:
         phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
@@ -100,7 +100,7 @@ def main():
         print(f"wall, reused / fresh processes: {ratio:.2f}")
         assert worst < 1e-4, "a reused process trained differently"
     if args.json:
-        Path(args.json).write_text(json.dumps({"sweep": args.sweep, "budget": args.budget, "gpu": args.gpu,
+        Path(args.json).write_text(json.dumps({"sweep": args.sweep, "budget": budget, "gpu": args.gpu,
                                                "runs": runs, "wall_ratio": ratio}, indent=2))
 
 

@@ -182,16 +182,6 @@ def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor
 VALIDATION_TOKENS_PER_FORWARD = 1 << 17
 
 
-def _stacked(parts: list[NoisedBatch]) -> NoisedBatch:
-    """Noised batches as one: rows stacked, flat positions shifted by the rows before them."""
-    offsets = [0]
-    for part in parts[:-1]:
-        offsets.append(offsets[-1] + part.n_tokens)
-    return NoisedBatch(torch.cat([p.xt for p in parts]), torch.cat([p.index + o for p, o in zip(parts, offsets)]),
-                       torch.cat([p.targets for p in parts]), torch.cat([p.weight for p in parts]),
-                       sum(p.n_tokens for p in parts))
-
-
 @torch.no_grad()
 def validation_losses(model, batches: list[torch.Tensor], mask_id: int, n_t: int, seed: int,
                       n_loops: int | None = None, autocast=None, fixed: list[torch.Tensor] | None = None,
@@ -203,9 +193,9 @@ def validation_losses(model, batches: list[torch.Tensor], mask_id: int, n_t: int
     else None.
 
     The masks come from a generator seeded by `seed` alone, so two evaluations of the same weights see the
-    same work and give the same number, and every trial of a sweep is scored on identical inputs. They are drawn
-    in the same order however many ratios share a forward. The sums stay on the device until the end: one
-    host sync per evaluation, not one per forward.
+    same work and give the same number, and every trial of a sweep is scored on identical inputs, however many
+    ratios share a forward. The sums stay on the device until the end: one host sync per evaluation, not one per
+    forward.
     """
     generator = torch.Generator().manual_seed(seed)
     grid = stratified_t(n_t)
@@ -215,12 +205,15 @@ def validation_losses(model, batches: list[torch.Tensor], mask_id: int, n_t: int
     for i, x in enumerate(batches):
         x = x.cpu()  # masks are drawn on the host (no-op for the host batches the callers keep)
         per_forward = max(1, VALIDATION_TOKENS_PER_FORWARD // x.numel())
-        noised = [noise_batch(x, t_value.expand(x.shape[0]), mask_id, generator,
-                              fixed=None if fixed is None else fixed[i]) for t_value in grid]
         answers = None if scored is None else scored[i].reshape(-1).to(device)
-        for lo in range(0, len(noised), per_forward):
-            group = noised[lo:lo + per_forward]
-            batch = _stacked(group).to(device)
+        for lo in range(0, len(grid), per_forward):
+            # the batch once per ratio, stacked: the host generator fills the stacked draws in the order separate
+            # draws per ratio would take, so the masks do not depend on how many ratios share a forward
+            ratios = grid[lo:lo + per_forward]
+            rows = x.repeat(len(ratios), 1)
+            prompt = None if fixed is None else fixed[i].repeat(len(ratios), 1)
+            batch = noise_batch(rows, ratios.repeat_interleave(x.shape[0]), mask_id, generator,
+                                fixed=prompt).to(device)
             with autocast() if autocast else contextlib.nullcontext():
                 h = masked_hidden(model, batch, n_loops)
                 sums.append(linear_cross_entropy(h, head, batch.targets, batch.weight))

@@ -174,6 +174,7 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
         crash = f"sweep driver stopped: {type(e).__name__}: {e}"
         raise
     finally:
+        _wait_for_store(client, exp_id)
         _deliver_spooled(client, exp_id, parent_id, outcome)
         _reconcile(client, exp_id, parent_id, [] if spec.search else [j.name for j in jobs], outcome)
         summary = crash or (f"{len(outcome.finished)} finished, {len(outcome.failed)} failed, "
@@ -258,15 +259,21 @@ def _claim_stage2(path: Path, key: str, chosen: dict):
     state_path.write_text(json.dumps(state))
 
 
+def _wait_for_store(client, exp_id: str):
+    """Trials get through a store outage quickly (they spool), so a sweep can end while its store restarts: wait
+    for it as a trial's start does (about a minute) before delivering, reconciling and closing the runs. A store
+    still down after that is left to the calls that follow."""
+    try:
+        tracking.retrying(lambda: client.get_experiment(exp_id), attempts=tracking.STARTUP_ATTEMPTS)
+    except Exception:  # MLflow raises many types; each call below says what it could not do
+        pass
+
+
 def _deliver_spooled(client, exp_id: str, parent_id: str, outcome: SweepOutcome):
     """What the sweep's trials spooled on this machine while the store was down, delivered now (what trials on
-    other nodes spooled waits there for orchestrator/replay.py, unless $LOOPMDM_SPOOL is a folder all share).
-    Trials get through an outage quickly (they spool), so a sweep can end while its store restarts: it waits for
-    the store as a trial's start does (about a minute) before it delivers, reconciles and closes its runs."""
+    other nodes spooled waits there for orchestrator/replay.py, unless $LOOPMDM_SPOOL is a folder all share)."""
     try:
-        runs = tracking.retrying(lambda: tracking.child_runs(client, exp_id, parent_id),
-                                 attempts=tracking.STARTUP_ATTEMPTS)
-        run_ids = {r.info.run_id for r in runs}
+        run_ids = {r.info.run_id for r in tracking.child_runs(client, exp_id, parent_id)}
         outcome.replayed = replay.replay_runs(client, tracking.spool_dir(), run_ids)
     except Exception as e:  # the store is down again: the spool files stay for replay.py
         log.warning(f"spooled metrics not delivered ({type(e).__name__}: {e}); run orchestrator/replay.py once the "

@@ -151,6 +151,9 @@ def test_ladder_sweep_end_to_end_and_rerun(tmp_path, tiny_corpus, cache_dir):
     assert parent.info.status == "FINISHED" and len(trials) == 6
     for key, expected in trainer_histories(sweep).items():  # the 4 ladder trials, each trained alone
         assert_same_histories(histories(client, trials[key]), expected, key)
+    pids = {json.loads(p.read_text().splitlines()[-1])["pid"]  # Tune's record of each trial's process
+            for p in (tmp_path / "ray_results" / "ladder").glob("*/result.json")}
+    assert len(pids) < 4, pids  # the 4 ladder trials ran in fewer processes: workers were reused
     ladder = [r for r in trials.values() if r.data.tags["loopmdm.budget_flops"] == "1.5e+09"]
     later = [r for r in trials.values() if r.data.tags["loopmdm.budget_flops"] == "2.5e+09"]
     cells = lambda runs: sorted((r.data.tags["loopmdm.label"], r.data.tags["loopmdm.lr"], r.data.tags["loopmdm.seed"])
