@@ -51,7 +51,7 @@ def run(folder: Path, sweep: dict) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{sweep['name']}.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    began = time.perf_counter()
+    began, launched = time.perf_counter(), time.time()
     out = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), str(path), "-q"], cwd=folder,
                          capture_output=True, text=True)
     wall = time.perf_counter() - began
@@ -62,9 +62,16 @@ def run(folder: Path, sweep: dict) -> dict:
     trials = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(tracking.ROLE_TAG) == "trial"]
     sums = {phase: sum(r.data.metrics.get(key, 0.0) for r in trials) for phase, key in PHASES.items()}
     slots = concurrency(sweep)
+    # each trial's run from opening to closing, in seconds after the command was launched: where the wall went
+    timeline = [{"label": r.data.tags.get("loopmdm.label"), "seed": r.data.tags.get("loopmdm.seed"),
+                 "start_s": r.info.start_time / 1e3 - launched, "end_s": r.info.end_time / 1e3 - launched,
+                 **{key: r.data.metrics.get(key) for key in PHASES.values()}}
+                for r in sorted(trials, key=lambda r: r.info.start_time)]
+    ready = next((line for line in out.stdout.splitlines() if line.startswith("sweep ready")), None)
     return {"name": sweep["name"], "trials": len(trials), "wall_seconds": wall, "phase_seconds": sums,
-            "concurrency": slots, "wall_over_train_per_slot": wall / (sums["train"] / slots),
-            "val_loss": {r.data.tags[tracking.TRIAL_KEY_TAG]: r.data.metrics[metrics.VAL_LOSS] for r in trials}}
+            "concurrency": slots, "wall_over_train_per_slot": wall / (sums["train"] / slots), "driver": ready,
+            "val_loss": {r.data.tags[tracking.TRIAL_KEY_TAG]: r.data.metrics[metrics.VAL_LOSS] for r in trials},
+            "timeline": timeline}
 
 
 def main():
@@ -90,6 +97,8 @@ def main():
         phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
         print(f"{r['name']:>6}: {r['trials']} trials, {r['wall_seconds']:.0f} s wall; summed over trials (s): {phases}")
         print(f"        wall / (summed training / {r['concurrency']} at a time): {r['wall_over_train_per_slot']:.2f}")
+        print(f"        {r['driver']}; first trial run opened at {r['timeline'][0]['start_s']:.1f} s, last closed "
+              f"at {max(t['end_s'] for t in r['timeline']):.1f} s")
     ratio = None
     if len(runs) == 2:
         fresh, reused = runs[0]["val_loss"], runs[1]["val_loss"]

@@ -17,7 +17,8 @@ Default shape (the one docs/performance.md#training-step-throughput reports): 12
   ours_N_sharing            (--concurrent N) N processes training ours on one GPU at once; their MFUs summed
 Each is timed with CUDA events over --steps steps after --warmup; model FLOPs are flops.py's (loops unrolled,
 the head over every position), MFU is against a bf16 matmul ceiling measured in the same run. Prints a table
-and writes JSON. --profile NAME prints the top CUDA kernels of that variant's step.
+and writes JSON. --profile NAME prints the top CUDA kernels of that variant's step and the Python functions
+the host spends its time in.
 """
 
 import argparse
@@ -227,6 +228,18 @@ def profile(step, device, steps: int = 3):
         sync(device)
     key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70))
+    # Where the host's time goes (a small model's step waits for the host): Python functions by their own time.
+    import cProfile
+    import pstats
+    host = cProfile.Profile()
+    began = time.perf_counter()
+    host.enable()
+    for i in range(10):
+        step(200 + i)
+    sync(device)
+    host.disable()
+    print(f"host profile of 10 steps ({(time.perf_counter() - began) * 100:.1f} ms per step under cProfile):")
+    pstats.Stats(host).sort_stats("tottime").print_stats(30)
 
 
 def main(argv=None):

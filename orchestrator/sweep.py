@@ -11,6 +11,7 @@ then, with each variant's lr chosen from the ladder runs' final metrics as MLflo
 then restores stage 2.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,7 +27,7 @@ from loopmdm_core.errors import ConfigError
 
 from . import lr_ladder, replay, tracking
 from .spec import Resources, SweepSpec
-from .trials import SweepContext, TrialJob, TrialSpec, ladder_budget, later_trials
+from .trials import SweepContext, TrialJob, TrialSpec, ladder_budget, later_trials, longest_first
 
 log = logging.getLogger(__name__)
 STATE_FILE = "loopmdm_sweep.json"  # in the Ray experiment folder: which sweep it holds
@@ -134,10 +135,14 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
         raise ConfigError(f"{experiment_path} holds another version of sweep {spec.name!r} (the file changed "
                           f"since it ran); pass --restart to start it over, or give the sweep a new name")
     uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
-    client = tracking.check_store(uri)
-    prepare_data(trials + later)
-    init_ray(address, dashboard)
-    check_cluster(spec.resources)
+    ready = {}  # seconds of each step before the first trial can start: what a user waits for, shown to them
+    with _timed(ready, "tracking store"):
+        client = tracking.check_store(uri)
+    with _timed(ready, "data"):
+        prepare_data(trials + later)
+    with _timed(ready, "Ray"):
+        init_ray(address, dashboard)
+        check_cluster(spec.resources)
     if restart and experiment_path.exists():
         shutil.rmtree(experiment_path)
     stage2_path = storage / (spec.name + STAGE2_SUFFIX)
@@ -154,13 +159,15 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
     _publish_ui(client, spec, trials + later, uri, exp_id, parent_id)
     context = SweepContext(uri, exp_id, parent_id, spec.resources.cpu, spec.resources.n_workers,
                            str(experiment_path / CHECKPOINTS), spec.infer)
-    jobs = [TrialJob.of(t, context) for t in trials]
+    jobs = [TrialJob.of(t, context) for t in longest_first(trials)]
     earlier = json.loads(state_path.read_text()).get("wall_seconds", 0.0) if resume else 0.0
     experiment_path.mkdir(parents=True, exist_ok=True)
     state = {"sweep_key": key, "parent_run_id": parent_id, "tracking_uri": tracking.redact(uri)}
     state_path.write_text(json.dumps({**state, "wall_seconds": earlier}))
 
     outcome = SweepOutcome(parent_id, uri, experiment_path, experiment_id=exp_id, earlier_seconds=earlier)
+    print(f"sweep ready to start trials in {time.monotonic() - start:.1f} s (" +
+          ", ".join(f"{step} {seconds:.1f} s" for step, seconds in ready.items()) + ")", flush=True)
     crash = None
     try:
         from . import tune_runner
@@ -184,6 +191,13 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
         outcome.seconds = time.monotonic() - start
         state_path.write_text(json.dumps({**state, "wall_seconds": earlier + outcome.seconds}))
     return outcome
+
+
+@contextlib.contextmanager
+def _timed(into: dict, step: str):
+    began = time.monotonic()
+    yield
+    into[step] = time.monotonic() - began
 
 
 def _publish_ui(client, spec: SweepSpec, trials: list[TrialSpec], uri: str, exp_id: str, parent_id: str):
@@ -227,7 +241,7 @@ def _stage2(spec: SweepSpec, client, context: SweepContext, ladder: list[TrialSp
     if not trials:
         return []
     _claim_stage2(path, key, choice.chosen)
-    jobs = [TrialJob.of(t, context) for t in trials]
+    jobs = [TrialJob.of(t, context) for t in longest_first(trials)]
     from . import tune_runner
     tune_runner.run_grid(spec, jobs, path, True, verbose, outcome)
     return jobs

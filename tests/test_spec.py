@@ -54,6 +54,17 @@ def test_shared_baselines_are_deduplicated():
     assert sorted(t.label for t in trials) == ["depth_matched(8L)", "loop[0,2)x3", "loop[1,3)x3", "same_size(4L)"]
 
 
+def test_trials_start_longest_first():
+    trials = trials_of.expand(sweep())
+    order = [(t.budget_flops, t.label) for t in trials_of.longest_first(trials)]
+    # the larger budget first; within a budget the most steps first: same-size (4 layers), then 6 layers deep
+    # (loop x 2 and its depth-matched baseline, with equal steps, in expansion order: seed by seed), then 8
+    six, eight = ["loop[1,3)x2", "depth_matched(6L)"], ["loop[1,3)x3", "depth_matched(8L)"]
+    per_budget = ["same_size(4L)"] * 2 + six * 2 + eight * 2  # 2 seeds
+    assert order == [(b, label) for b in (2e12, 1e12) for label in per_budget]
+    assert sorted(trials_of.longest_first(trials), key=trials.index) == trials  # a reordering, nothing lost
+
+
 def test_trial_key_is_stable_and_tags_complete():
     a, b = trials_of.expand(sweep()), trials_of.expand(sweep())
     assert [t.key for t in a] == [t.key for t in b]

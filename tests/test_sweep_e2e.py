@@ -81,6 +81,9 @@ def test_sweep_logs_runs_tags_and_metrics(tmp_path, tiny_corpus, cache_dir):
     assert "sweep.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     variants = sorted(r.data.tags["loopmdm.variant"] for r in trials.values())
     assert variants == ["depth_matched", "loop", "same_size"]
+    # one slot: the trials ran in trials.longest_first's order, same-size (the most steps) first
+    started = sorted(trials.values(), key=lambda r: r.info.start_time)
+    assert started[0].data.tags["loopmdm.variant"] == "same_size"
     for run in trials.values():
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
