@@ -1,9 +1,9 @@
 """What a sweep of short trials spends besides training, with and without reusing Ray worker processes.
 
 python benchmarks/sweep_reuse.py [--sweep sweeps/lm_iso_flops_gpu.yaml] [--seeds 3] [--budget B] [--gpu G]
-                                 [--out /tmp/sweep_reuse]
+                                 [--train KEY=VALUE] [--arms fresh,reused] [--out /tmp/sweep_reuse] [--json F]
 Takes a sweep file's base, loops and baselines at its smallest budget or --budget (no lr ladder: every variant at
-base.train.lr; --gpu replaces resources.gpu),
+base.train.lr; --gpu replaces resources.gpu, --train sets base.train keys),
 runs it twice through orchestrator/run_sweep.py exactly as users do, first with `resources.reuse_workers: false`
 (a fresh process per trial, the default), then `true`, and prints each run's wall time, its training time summed
 over trials, the per-phase sums from MLflow (perf/*_seconds), and the ratio of the two walls. Both runs train the
@@ -33,10 +33,12 @@ PHASES = {"train": metrics.TRAIN_SECONDS, **{p: m for p, m in metrics.PHASE_SECO
           "infer": metrics.INFER_SECONDS}
 
 
-def sweep_variant(source: dict, seeds: int, reuse: bool, name: str, budget: float, gpu: float | None = None) -> dict:
+def sweep_variant(source: dict, seeds: int, reuse: bool, name: str, budget: float, gpu: float | None = None,
+                  train: dict | None = None) -> dict:
     data = {k: v for k, v in source.items() if k != "lr_ladder"}
     resources = {**source.get("resources", {}), "reuse_workers": reuse, **({"gpu": gpu} if gpu else {})}
-    return {**data, "name": name, "budgets": [budget], "seeds": list(range(seeds)),
+    base = {**data["base"], "train": {**data["base"].get("train", {}), **(train or {})}}
+    return {**data, "name": name, "base": base, "budgets": [budget], "seeds": list(range(seeds)),
             "resources": resources}
 
 
@@ -80,6 +82,8 @@ def main():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget", type=float, help="the one budget to run (default: the sweep's smallest)")
     p.add_argument("--gpu", type=float, help="resources.gpu for every trial (default: the sweep's)")
+    p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                   help="set base.train.KEY (a YAML value), e.g. --train cuda_graphs=true")
     p.add_argument("--arms", default="fresh,reused", help="which of the two runs (one alone: several device calls)")
     p.add_argument("--out", default="/tmp/sweep_reuse")
     p.add_argument("--json", help="also write the results here")
@@ -91,7 +95,8 @@ def main():
     # and min() of strings once picked 1e15 here
     budget = args.budget or min(spec.load(args.sweep).budgets)
     arms = args.arms.split(",")
-    runs = [run(out / name, sweep_variant(source, args.seeds, reuse, name, budget, args.gpu))
+    train = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.train)}
+    runs = [run(out / name, sweep_variant(source, args.seeds, reuse, name, budget, args.gpu, train))
             for name, reuse in (("fresh", False), ("reused", True)) if name in arms]
     for r in runs:
         phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
@@ -110,7 +115,7 @@ def main():
         assert worst < 1e-4, "a reused process trained differently"
     if args.json:
         Path(args.json).write_text(json.dumps({"sweep": args.sweep, "budget": budget, "gpu": args.gpu,
-                                               "runs": runs, "wall_ratio": ratio}, indent=2))
+                                               "train": train, "runs": runs, "wall_ratio": ratio}, indent=2))
 
 
 if __name__ == "__main__":

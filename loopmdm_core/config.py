@@ -82,6 +82,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False  # torch.compile the transformer blocks (CUDA)
+    # with compile, on CUDA: replay each block's kernels as one CUDA graph (torch.compile's "reduce-overhead"):
+    # a small model's step waits on kernel launches from the host, not on the GPU (docs/performance.md)
+    cuda_graphs: bool = False
     checkpoint_loops: bool = False  # recompute each pass of the looped block in backward: less memory, more time
     # loop count per optimizer step (loop_sampling.py): fixed (model.n_loops), uniform:LO:HI or
     # poisson_lognormal:MEAN:SIGMA; model.n_loops stays the count validation and inference use
@@ -113,6 +116,8 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "checkpoint_every", "peak_flops", "loop_backprop"):
             if getattr(self, name) < 0:
                 p.append(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.cuda_graphs and not self.compile:
+            p.append("train.cuda_graphs: needs train.compile: true (the graphs are of the compiled blocks)")
         try:
             loop_sampling.parse(self.loop_sampling)
         except ConfigError as e:

@@ -52,8 +52,8 @@ class TrainResult:
 
 
 # Settings that change how a run is executed or reported, not what it computes: a resume may change them.
-RESUMABLE_CHANGES = {"train.device", "train.compile", "train.checkpoint_loops", "train.log_every",
-                     "train.checkpoint_every", "train.peak_flops", "data.cache_dir"}
+RESUMABLE_CHANGES = {"train.device", "train.compile", "train.cuda_graphs", "train.checkpoint_loops",
+                     "train.log_every", "train.checkpoint_every", "train.peak_flops", "data.cache_dir"}
 
 
 def check_same_run(resume: checkpoint.Checkpoint, cfg: RunConfig):
@@ -95,9 +95,10 @@ class TrainStep:
         self.optimizer = build_optimizer(model, cfg, device)
         self.autocast = autocast_for(device, cfg.train.dtype)
         self.pad_to = 256 if device.type == "cuda" else 1  # few distinct shapes for the allocator to reuse
+        self.graphs = cfg.train.cuda_graphs
         if cfg.train.compile:
-            for layer in model.layers:
-                layer.compile()  # per block: the loop reuses one compiled graph whatever n_loops is
+            for layer in model.layers:  # per block: the loop reuses one compiled graph whatever n_loops is
+                layer.compile(mode="reduce-overhead" if self.graphs else None)
         rank, world = distributed.rank_and_world()
         self.rows = distributed.rank_rows(rank, world)  # train() checked that world divides the batch
         self.model = model
@@ -110,6 +111,8 @@ class TrainStep:
                  n_loops: int | None = None) -> torch.Tensor:
         """Train on the host batch `x` (its masks from the step's own RNG, never on `fixed` tokens) at `lr`,
         running `n_loops` (None: the model's count) and backpropagating through train.loop_backprop of them."""
+        if self.graphs:  # a new step: the graphs' outputs of the last one are free to be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast() if self.autocast else contextlib.nullcontext():
@@ -161,6 +164,9 @@ def train(run: RunPlan | RunConfig | dict, sink: Sink | None = None,
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split over {world} data-parallel "
                           f"workers; use a multiple of {world}")
     device = pick_device(cfg.train.device)
+    if cfg.train.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"train.cuda_graphs: needs a CUDA device, and this run trains on {device.type}; set it "
+                          f"to false here")
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (distributed.launch)
     if rank:  # ranks past 0 train in lockstep and report nothing; rank 0 alone logs and writes checkpoints
@@ -199,6 +205,8 @@ def train(run: RunPlan | RunConfig | dict, sink: Sink | None = None,
     def evaluate() -> dict:
         """The validation metrics: loss, and for tasks the answer-only loss and held-out accuracy."""
         model.eval()
+        if train_step.graphs:  # not a training step's: the graphs may reuse the last step's memory
+            torch.compiler.cudagraph_mark_step_begin()
         loss, answer_loss = diffusion.validation_losses(model, val_batches, data.mask_id, cfg.eval.n_t,
                                                         cfg.eval.seed, autocast=autocast, fixed=val_fixed,
                                                         scored=val_answers)

@@ -33,6 +33,14 @@ def test_training_reports_every_metric_and_learns(tiny_config):
     assert result.val_ppl < result.unigram_ppl  # learned more than token frequencies
 
 
+def test_cuda_graphs_need_compile_and_a_cuda_device(tiny_config):
+    with pytest.raises(ConfigError, match="train.cuda_graphs: needs train.compile: true"):
+        train(tiny_config(train={"cuda_graphs": True}))
+    if not torch.cuda.is_available():  # refused before any compile or step (benchmarks/cuda_graphs.py: on CUDA)
+        with pytest.raises(ConfigError, match="train.cuda_graphs: needs a CUDA device, and this run trains on cpu"):
+            train(tiny_config(train={"cuda_graphs": True, "compile": True}))
+
+
 def test_resume_gives_the_same_weights_and_metrics(tiny_config, tmp_path):
     cfg = tiny_config(train={"checkpoint_every": 4})
     steps = plan(cfg).steps

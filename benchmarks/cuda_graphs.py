@@ -1,0 +1,101 @@
+"""train.cuda_graphs: the trainer with each compiled block replayed as a CUDA graph, against the same runs with
+the blocks compiled plainly, in one process (CUDA only).
+
+python benchmarks/cuda_graphs.py [--budget 3e14] [--out cuda_graphs.json]
+
+The shape is the language-modelling campaign's (sweeps/lm_iso_flops_gpu.yaml: 8 layers x 256, 4 heads, BPE
+4,096 on the built-in corpus, seq 256, batch 64), trained by loopmdm_core.train.train exactly as a trial trains.
+Each variant runs twice, `train.compile: true` with and without `train.cuda_graphs`, in alternating order; the
+script prints the training seconds of both and their ratio, and the largest difference of any logged loss (the
+graphs replay the same kernels, so the losses should agree to rounding). Variants cover every path a graph
+must survive: no loop, a loop, a sampled loop count, truncated backprop through the loop, recomputed loops.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without an install
+
+from loopmdm_core import metrics  # noqa: E402
+from loopmdm_core.config import load_run_config  # noqa: E402
+from loopmdm_core.train import train  # noqa: E402
+
+VARIANTS = {
+    "same_size": {},
+    "loop[2,4)x2": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2}},
+    "loop[2,4)x2~uniform:1:3": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2},
+                                "train": {"loop_sampling": "uniform:1:3"}},
+    "loop[2,4)x3/bp1": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 3}, "train": {"loop_backprop": 1}},
+    "loop[2,4)x2 checkpoint_loops": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2},
+                                     "train": {"checkpoint_loops": True}},
+}
+LOSSES = (metrics.TRAIN_LOSS, metrics.VAL_LOSS)
+TOLERANCE = 1e-2  # bf16 rounding of the same kernels in another order would stay far below; a bug would not
+
+
+def config(budget: float, variant: dict, graphs: bool):
+    sections = {
+        "model": {"n_layers": 8, "d_model": 256, "n_heads": 4, **variant.get("model", {})},
+        "data": {"corpus": "builtin:shakespeare", "tokenizer": "bpe", "bpe_vocab_size": 4096, "seq_len": 256},
+        "train": {"budget_flops": budget, "batch_size": 64, "warmup_frac": 0.05, "compile": True,
+                  "cuda_graphs": graphs, "log_every": 50, **variant.get("train", {})},
+        "eval": {"fractions": [0.5, 1.0], "n_batches": 8, "batch_size": 32, "n_t": 8},
+    }
+    return load_run_config(sections)
+
+
+def run(cfg) -> dict:
+    losses = {}
+
+    def sink(step, values):
+        for key in LOSSES:
+            if key in values:
+                losses[f"{key}@{step}"] = values[key]
+    began = time.perf_counter()
+    result = train(cfg, sink=sink)
+    return {"train_seconds": result.train_seconds, "wall_seconds": time.perf_counter() - began,
+            "steps": result.steps, "val_loss": result.val_loss, "losses": losses}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=float, default=3e14)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("CUDA graphs need a CUDA device")
+    rows = []
+    for i, name in enumerate(args.variants.split(",")):
+        order = (False, True) if i % 2 == 0 else (True, False)  # neither always runs on the warmer machine
+        try:
+            runs = {graphs: run(config(args.budget, VARIANTS[name], graphs)) for graphs in order}
+        except Exception as e:  # a path the graphs do not survive is a finding, and the other variants still run
+            rows.append({"variant": name, "error": f"{type(e).__name__}: {e}"[:500]})
+            print(f"{name:<30} FAILED: {rows[-1]['error']}", flush=True)
+            continue
+        plain, graphs = runs[False], runs[True]
+        assert plain["losses"].keys() == graphs["losses"].keys()
+        worst = max(abs(plain["losses"][k] - graphs["losses"][k]) for k in plain["losses"])
+        row = {"variant": name, "steps": plain["steps"], "plain": plain, "graphs": graphs,
+               "speedup": plain["train_seconds"] / graphs["train_seconds"], "largest_loss_difference": worst}
+        rows.append(row)
+        print(f"{name:<30} {plain['steps']:>5} steps: training {plain['train_seconds']:6.1f} s plain, "
+              f"{graphs['train_seconds']:6.1f} s with graphs ({row['speedup']:.2f}x); wall {plain['wall_seconds']:.1f}"
+              f" / {graphs['wall_seconds']:.1f} s; final val/loss {plain['val_loss']:.5f} / {graphs['val_loss']:.5f};"
+              f" largest loss difference {worst:.2e}", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                              "budget": args.budget, "rows": rows}, indent=1))
+    bad = [r["variant"] for r in rows if "error" in r or r["largest_loss_difference"] > TOLERANCE]
+    if bad:
+        raise SystemExit(f"CUDA graphs failed or changed the losses (> {TOLERANCE}) of: {', '.join(bad)}")
+
+
+if __name__ == "__main__":
+    main()
