@@ -26,12 +26,12 @@ from loopmdm_core.config import load_run_config  # noqa: E402
 from loopmdm_core.train import train  # noqa: E402
 
 VARIANTS = {
-    "same_size": {},
-    "loop[2,4)x2": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2}},
-    "loop[2,4)x2~uniform:1:3": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2},
+    "same_size": {},  # 8 layers; the loops are of layers [2, 4): x2 (also sampled 1..3), x3 (last pass backpropagated)
+    "loop x2": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2}},
+    "loop x2 sampled": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2},
                                 "train": {"loop_sampling": "uniform:1:3"}},
-    "loop[2,4)x3/bp1": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 3}, "train": {"loop_backprop": 1}},
-    "loop[2,4)x2 checkpoint_loops": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2},
+    "loop x3 bp1": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 3}, "train": {"loop_backprop": 1}},
+    "loop x2 checkpointed": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2},
                                      "train": {"checkpoint_loops": True}},
 }
 LOSSES = (metrics.TRAIN_LOSS, metrics.VAL_LOSS)
