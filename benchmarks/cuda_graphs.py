@@ -1,7 +1,7 @@
 """train.cuda_graphs: the trainer with each compiled block replayed as a CUDA graph, against the same runs with
 the blocks compiled plainly, in one process (CUDA only).
 
-python benchmarks/cuda_graphs.py [--budget 3e14] [--out cuda_graphs.json]
+python benchmarks/cuda_graphs.py [--budget 3e14] [--variants same_size,...] [--control] [--out cuda_graphs.json]
 
 The shape is the language-modelling campaign's (sweeps/lm_iso_flops_gpu.yaml: 8 layers x 256, 4 heads, BPE
 4,096 on the built-in corpus, seq 256, batch 64), trained by loopmdm_core.train.train exactly as a trial trains.
@@ -66,11 +66,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=3e14)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--control", action="store_true",
+                   help="first train same_size without graphs twice: how far two identical runs' losses differ")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("CUDA graphs need a CUDA device")
     rows = []
+    if args.control:
+        a, b = (run(config(args.budget, VARIANTS["same_size"], False)) for _ in range(2))
+        worst = max(abs(a["losses"][k] - b["losses"][k]) for k in a["losses"])
+        rows.append({"variant": "control: same_size plain twice", "largest_loss_difference_plain_twice": worst})
+        print(f"control: same_size without graphs, twice: largest loss difference {worst:.2e}", flush=True)
     for i, name in enumerate(args.variants.split(",")):
         order = (False, True) if i % 2 == 0 else (True, False)  # neither always runs on the warmer machine
         try:
@@ -92,7 +99,7 @@ def main():
     if args.out:
         Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                                               "budget": args.budget, "rows": rows}, indent=1))
-    bad = [r["variant"] for r in rows if "error" in r or r["largest_loss_difference"] > TOLERANCE]
+    bad = [r["variant"] for r in rows if "error" in r or r.get("largest_loss_difference", 0) > TOLERANCE]
     if bad:
         raise SystemExit(f"CUDA graphs failed or changed the losses (> {TOLERANCE}) of: {', '.join(bad)}")
 
