@@ -38,12 +38,12 @@ LOSSES = (metrics.TRAIN_LOSS, metrics.VAL_LOSS)
 TOLERANCE = 1e-2  # bf16 rounding of the same kernels in another order would stay far below; a bug would not
 
 
-def config(budget: float, variant: dict, graphs: bool):
+def config(budget: float, variant: dict, graphs: bool, log_every: int = 50):
     sections = {
         "model": {"n_layers": 8, "d_model": 256, "n_heads": 4, **variant.get("model", {})},
         "data": {"corpus": "builtin:shakespeare", "tokenizer": "bpe", "bpe_vocab_size": 4096, "seq_len": 256},
         "train": {"budget_flops": budget, "batch_size": 64, "warmup_frac": 0.05, "compile": True,
-                  "cuda_graphs": graphs, "log_every": 50, **variant.get("train", {})},
+                  "cuda_graphs": graphs, "log_every": log_every, **variant.get("train", {})},
         "eval": {"fractions": [0.5, 1.0], "n_batches": 8, "batch_size": 32, "n_t": 8},
     }
     return load_run_config(sections)
@@ -66,6 +66,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=3e14)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--log-every", type=int, default=50, help="train.log_every: 1 compares every step's loss")
     p.add_argument("--control", action="store_true",
                    help="first train same_size without graphs twice: how far two identical runs' losses differ")
     p.add_argument("--out", help="write the results as JSON here")
@@ -74,14 +75,14 @@ def main():
         raise SystemExit("CUDA graphs need a CUDA device")
     rows = []
     if args.control:
-        a, b = (run(config(args.budget, VARIANTS["same_size"], False)) for _ in range(2))
+        a, b = (run(config(args.budget, VARIANTS["same_size"], False, args.log_every)) for _ in range(2))
         worst = max(abs(a["losses"][k] - b["losses"][k]) for k in a["losses"])
         rows.append({"variant": "control: same_size plain twice", "largest_loss_difference_plain_twice": worst})
         print(f"control: same_size without graphs, twice: largest loss difference {worst:.2e}", flush=True)
     for i, name in enumerate(args.variants.split(",")):
         order = (False, True) if i % 2 == 0 else (True, False)  # neither always runs on the warmer machine
         try:
-            runs = {graphs: run(config(args.budget, VARIANTS[name], graphs)) for graphs in order}
+            runs = {graphs: run(config(args.budget, VARIANTS[name], graphs, args.log_every)) for graphs in order}
         except Exception as e:  # a path the graphs do not survive is a finding, and the other variants still run
             rows.append({"variant": name, "error": f"{type(e).__name__}: {e}"[:500]})
             print(f"{name:<30} FAILED: {rows[-1]['error']}", flush=True)
@@ -89,6 +90,9 @@ def main():
         plain, graphs = runs[False], runs[True]
         assert plain["losses"].keys() == graphs["losses"].keys()
         worst = max(abs(plain["losses"][k] - graphs["losses"][k]) for k in plain["losses"])
+        first = sorted(plain["losses"], key=lambda k: (k.split("@")[0], int(k.split("@")[1])))[:3]
+        print(f"{name}: first losses plain / graphs: " +
+              ", ".join(f"{k} {plain['losses'][k]:.6f} / {graphs['losses'][k]:.6f}" for k in first), flush=True)
         row = {"variant": name, "steps": plain["steps"], "plain": plain, "graphs": graphs,
                "speedup": plain["train_seconds"] / graphs["train_seconds"], "largest_loss_difference": worst}
         rows.append(row)
