@@ -8,7 +8,8 @@ The shape is the language-modelling campaign's (sweeps/lm_iso_flops_gpu.yaml: 8 
 Each variant runs twice, `train.compile: true` with and without `train.cuda_graphs`, in alternating order; the
 script prints the training seconds of both and their ratio, and the largest difference of any logged loss (the
 graphs replay the same kernels, so the losses should agree to rounding). Variants cover every path a graph
-must survive: no loop, a loop, a sampled loop count, truncated backprop through the loop, recomputed loops.
+must survive: no loop, a loop, a sampled loop count, truncated backprop through the loop. (With recomputed loops,
+train.checkpoint_loops, recording failed on torch 2.11, so the config refuses the pair.)
 """
 
 import argparse
@@ -31,8 +32,6 @@ VARIANTS = {
     "loop x2 sampled": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2},
                                 "train": {"loop_sampling": "uniform:1:3"}},
     "loop x3 bp1": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 3}, "train": {"loop_backprop": 1}},
-    "loop x2 checkpointed": {"model": {"loop_start": 2, "loop_end": 4, "n_loops": 2},
-                                     "train": {"checkpoint_loops": True}},
 }
 LOSSES = (metrics.TRAIN_LOSS, metrics.VAL_LOSS)
 TOLERANCE = 1e-2  # bf16 rounding of the same kernels in another order would stay far below; a bug would not

@@ -118,6 +118,9 @@ class TrainConfig:
                 p.append(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         if self.cuda_graphs and not self.compile:
             p.append("train.cuda_graphs: needs train.compile: true (the graphs are of the compiled blocks)")
+        if self.cuda_graphs and self.checkpoint_loops:  # torch 2.11: "graph recording observed an input tensor
+            # deallocate during graph recording that did not occur during replay" (benchmarks/cuda_graphs.py)
+            p.append("train.cuda_graphs: cannot record the passes train.checkpoint_loops recomputes; turn one off")
         try:
             loop_sampling.parse(self.loop_sampling)
         except ConfigError as e:

@@ -36,6 +36,8 @@ def test_training_reports_every_metric_and_learns(tiny_config):
 def test_cuda_graphs_need_compile_and_a_cuda_device(tiny_config):
     with pytest.raises(ConfigError, match="train.cuda_graphs: needs train.compile: true"):
         train(tiny_config(train={"cuda_graphs": True}))
+    with pytest.raises(ConfigError, match="train.cuda_graphs: cannot record the passes train.checkpoint_loops"):
+        train(tiny_config(train={"cuda_graphs": True, "compile": True, "checkpoint_loops": True}))
     if not torch.cuda.is_available():  # refused before any compile or step (benchmarks/cuda_graphs.py: on CUDA)
         with pytest.raises(ConfigError, match="train.cuda_graphs: needs a CUDA device, and this run trains on cpu"):
             train(tiny_config(train={"cuda_graphs": True, "compile": True}))
