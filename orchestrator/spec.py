@@ -362,6 +362,9 @@ def parse(data: dict, source: str = "") -> SweepSpec:
     if base.train.device.startswith("cuda") and spec.resources.gpu <= 0:
         problems.append(f"base.train.device: {base.train.device!r} but resources.gpu is 0, so trials get no GPU; "
                         f"set resources.gpu or train.device: auto")
+    if base.train.cuda_graphs and spec.resources.gpu <= 0:
+        problems.append("base.train.cuda_graphs: true but resources.gpu is 0, so trials get no GPU; set resources.gpu "
+                        "or train.cuda_graphs: false")
     if spec.resources.workers < 0:
         problems.append(f"resources.workers: must be >= 0, got {spec.resources.workers}")
     elif spec.resources.gpu >= 1 and spec.resources.workers not in (0, int(spec.resources.gpu)):
