@@ -65,7 +65,7 @@ def run(folder: Path, sweep: dict) -> dict:
     sums = {phase: sum(r.data.metrics.get(key, 0.0) for r in trials) for phase, key in PHASES.items()}
     slots = concurrency(sweep)
     # each trial's run from opening to closing, in seconds after the command was launched: where the wall went
-    timeline = [{"label": r.data.tags.get("loopmdm.label"), "seed": r.data.tags.get("loopmdm.seed"),
+    timeline = [{"label": r.data.tags.get(tracking.LABEL_TAG), "seed": r.data.tags.get(tracking.SEED_TAG),
                  "start_s": r.info.start_time / 1e3 - launched, "end_s": r.info.end_time / 1e3 - launched,
                  **{key: r.data.metrics.get(key) for key in PHASES.values()}}
                 for r in sorted(trials, key=lambda r: r.info.start_time)]

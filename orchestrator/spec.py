@@ -359,12 +359,12 @@ def parse(data: dict, source: str = "") -> SweepSpec:
         problems.append("resources: cpu and gpu must be >= 0")
     if spec.resources.gpu > 1 and not float(spec.resources.gpu).is_integer():
         problems.append(f"resources.gpu: above 1, ask for whole GPUs, got {spec.resources.gpu}")
-    if base.train.device.startswith("cuda") and spec.resources.gpu <= 0:
-        problems.append(f"base.train.device: {base.train.device!r} but resources.gpu is 0, so trials get no GPU; "
-                        f"set resources.gpu or train.device: auto")
-    if base.train.cuda_graphs and spec.resources.gpu <= 0:
-        problems.append("base.train.cuda_graphs: true but resources.gpu is 0, so trials get no GPU; set resources.gpu "
-                        "or train.cuda_graphs: false")
+    for asked, setting, other_fix in ((base.train.device.startswith("cuda"), f"train.device: {base.train.device!r}",
+                                       "train.device: auto"),
+                                      (base.train.cuda_graphs, "train.cuda_graphs: true", "train.cuda_graphs: false")):
+        if asked and spec.resources.gpu <= 0:  # settings that need a GPU
+            problems.append(f"base.{setting} but resources.gpu is 0, so trials get no GPU; set resources.gpu or "
+                            f"{other_fix}")
     if spec.resources.workers < 0:
         problems.append(f"resources.workers: must be >= 0, got {spec.resources.workers}")
     elif spec.resources.gpu >= 1 and spec.resources.workers not in (0, int(spec.resources.gpu)):

@@ -161,6 +161,8 @@ BAD = [
     ({"infer": {"task": {"problems": 10, "test": "arithmetic", "steps": 0}}}, "answer_tokens and steps >= 1"),
     ({"base": {**BASE, "data": {"task": "arithmetic:12"}}}, "data.task 'arithmetic:12'"),
     ({"base": {**BASE, "data": {"corpus": "none"}}}, "data.corpus: none needs data.task"),
+    ({"base": {**BASE, "train": {"batch_size": 8, "device": "cuda"}}},
+     "base.train.device: 'cuda' but resources.gpu is 0, so trials get no GPU; set resources.gpu or train.device: auto"),
     ({"base": {**BASE, "train": {"batch_size": 8, "compile": True, "cuda_graphs": True}}},
      "base.train.cuda_graphs: true but resources.gpu is 0"),
     ({"base": {**BASE, "train": {"batch_size": 8, "cuda_graphs": True}}, "resources": {"gpu": 1}},
