@@ -70,8 +70,15 @@ def run(folder: Path, sweep: dict) -> dict:
                  **{key: r.data.metrics.get(key) for key in PHASES.values()}}
                 for r in sorted(trials, key=lambda r: r.info.start_time)]
     ready = next((line for line in out.stdout.splitlines() if line.startswith("sweep ready")), None)
+    (folder / "driver.log").write_text(out.stdout + out.stderr)
+    # Tune's record of each trial's process (its last result): a trial that could not take over a finished
+    # trial's worker started a process of its own
+    workers = {(row["hostname"], row["pid"]) for row in (json.loads(p.read_text().splitlines()[-1])
+               for p in (folder / "ray_results" / sweep["name"]).glob("*/result.json") if p.read_text().strip())}
     return {"name": sweep["name"], "trials": len(trials), "wall_seconds": wall, "phase_seconds": sums,
             "concurrency": slots, "wall_over_train_per_slot": wall / (sums["train"] / slots), "driver": ready,
+            "worker_processes": len(workers),
+            "failed_reuses": (out.stdout + out.stderr).count("Could not re-use actor"),
             "val_loss": {r.data.tags[tracking.TRIAL_KEY_TAG]: r.data.metrics[metrics.VAL_LOSS] for r in trials},
             "timeline": timeline}
 
@@ -102,6 +109,8 @@ def main():
         phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
         print(f"{r['name']:>6}: {r['trials']} trials, {r['wall_seconds']:.0f} s wall; summed over trials (s): {phases}")
         print(f"        wall / (summed training / {r['concurrency']} at a time): {r['wall_over_train_per_slot']:.2f}")
+        print(f"        {r['worker_processes']} worker processes for {r['trials']} trials ({r['failed_reuses']} failed "
+              f"reuses in the driver's log)")
         print(f"        {r['driver']}; first trial run opened at {r['timeline'][0]['start_s']:.1f} s, last closed "
               f"at {max(t['end_s'] for t in r['timeline']):.1f} s")
     ratio = None

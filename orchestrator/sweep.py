@@ -96,6 +96,15 @@ def check_cluster(resources: Resources):
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
+# Environment of every Ray worker. Tune reuses a worker (resources.reuse_workers) only if the previous trial's
+# thread has ended within TUNE_FUNCTION_THREAD_TIMEOUT_S of the reset (2 s by default); otherwise it fails the
+# next trial ("Could not re-use actor"), which may then be retried in a new process (start-up and compile again,
+# one of its max_failures spent) or end failed.
+# A thread ends only once its thread-local state is torn down, and the CUDA graphs of train.cuda_graphs live
+# there: on a shared H200 that took longer than 2 s for some trials (benchmarks/trial_thread_exit.py).
+WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
+
+
 def init_ray(address: str | None, dashboard: bool):
     # Tune's classic CLIReporter gives one compact table of all trials (the newer output prints a box per
     # result); checkpoint snapshots every few steps are expected with tiny trials, not a bottleneck worth a warning.
@@ -105,14 +114,15 @@ def init_ray(address: str | None, dashboard: bool):
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    worker_env = {key: os.environ.get(key, value) for key, value in WORKER_ENV.items()}  # the user's value wins
     if address:
         secrets = {k: os.environ[k] for k in CREDENTIALS if os.environ.get(k)}
-        ray.init(address=address, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": secrets} if secrets else None)
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": {**worker_env, **secrets}})
     else:
         # A private local cluster ("local": never a `ray start` cluster that happens to run on this machine, which
         # a bare ray.init() would join): no dashboard unless asked (it is an HTTP server), bound to loopback. Its
         # workers inherit this process's environment, credentials included.
+        os.environ.update(worker_env)
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  logging_level=logging.WARNING)
 

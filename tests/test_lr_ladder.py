@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -133,19 +134,46 @@ def test_answer_loss_chooses_when_every_finished_trial_has_it():
     assert lr_ladder.choose_lrs(mixed).metric == "val/loss" and lr_ladder.choose_lrs(mixed).chosen == {"v": 1e-3, "w": 3e-3}
 
 
+# Loaded by every Python process of a sweep started with this folder on PYTHONPATH (Ray's workers inherit the
+# driver's environment): each Tune trial thread ends 3 s after its function returned, as a thread holding CUDA
+# graphs (train.cuda_graphs) did on a shared GPU. Tune's worker reuse must wait for it.
+SLOW_TRIAL_THREAD_EXIT = """
+import threading, time
+
+class _SlowTeardown:
+    def __del__(self):
+        time.sleep(3)
+
+_local, _bootstrap = threading.local(), threading.Thread._bootstrap_inner
+
+def _bootstrap_with_slow_exit(self):
+    if type(self).__name__ == "RunnerThread":  # the thread Tune runs a function trainable in
+        _local.state = _SlowTeardown()
+    _bootstrap(self)
+
+threading.Thread._bootstrap_inner = _bootstrap_with_slow_exit
+"""
+
+
 @pytest.mark.slow
 def test_ladder_sweep_end_to_end_and_rerun(tmp_path, tiny_corpus, cache_dir):
     """Through Ray Tune and MLflow on SQLite: the ladder at every lr, the choice from the runs' final losses,
     the larger budget only at each variant's chosen lr; the same command again starts nothing new. One seed
     (about 50 s + 15 s for the rerun on 2 cores; the seed mean is checked by the tests above). Its Ray workers are
-    reused (resources.reuse_workers): a process that trained one trial trains the next exactly as a fresh one."""
+    reused (resources.reuse_workers): a process that trained one trial trains the next exactly as a fresh one,
+    even when the trial's thread is slow to end (SLOW_TRIAL_THREAD_EXIT)."""
     from test_sweep_e2e import (assert_same_histories, finish, histories, runs_of, start_sweep, trainer_histories,
                                 write_sweep)
     sweep = write_sweep(tmp_path, tiny_corpus, cache_dir, "ladder", baselines=["same_size"], budgets=[1.5e9, 2.5e9],
                         seeds=[0], max_concurrent=2, lr_ladder={"values": [3e-3, 3e-2]},
                         resources={"cpu": 1, "reuse_workers": True})
-    out = finish(start_sweep(sweep, tmp_path))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_TRIAL_THREAD_EXIT)
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    out = finish(start_sweep(sweep, tmp_path, env={"PYTHONPATH": path}))
     assert "6 finished, 0 failed" in out, out
+    assert "Could not re-use actor" not in out, out
     client, parents, trials = runs_of(tmp_path, "ladder")
     [parent] = parents
     assert parent.info.status == "FINISHED" and len(trials) == 6
