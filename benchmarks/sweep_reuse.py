@@ -79,6 +79,7 @@ def run(folder: Path, sweep: dict) -> dict:
             "concurrency": slots, "wall_over_train_per_slot": wall / (sums["train"] / slots), "driver": ready,
             "worker_processes": len(workers),
             "failed_reuses": (out.stdout + out.stderr).count("Could not re-use actor"),
+            "worker_crashes": (out.stdout + out.stderr).count("Fatal Python error"),  # Ray folds repeats: at least
             "val_loss": {r.data.tags[tracking.TRIAL_KEY_TAG]: r.data.metrics[metrics.VAL_LOSS] for r in trials},
             "timeline": timeline}
 
@@ -109,8 +110,8 @@ def main():
         phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
         print(f"{r['name']:>6}: {r['trials']} trials, {r['wall_seconds']:.0f} s wall; summed over trials (s): {phases}")
         print(f"        wall / (summed training / {r['concurrency']} at a time): {r['wall_over_train_per_slot']:.2f}")
-        print(f"        {r['worker_processes']} worker processes for {r['trials']} trials ({r['failed_reuses']} failed "
-              f"reuses in the driver's log)")
+        print(f"        {r['worker_processes']} worker processes for {r['trials']} trials; in the driver's log: "
+              f"{r['failed_reuses']} failed reuses, {r['worker_crashes']} crashed workers")
         print(f"        {r['driver']}; first trial run opened at {r['timeline'][0]['start_s']:.1f} s, last closed "
               f"at {max(t['end_s'] for t in r['timeline']):.1f} s")
     ratio = None
