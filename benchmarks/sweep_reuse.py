@@ -57,6 +57,7 @@ def run(folder: Path, sweep: dict) -> dict:
     out = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "run_sweep.py"), str(path), "-q"], cwd=folder,
                          capture_output=True, text=True)
     wall = time.perf_counter() - began
+    (folder / "driver.log").write_text(out.stdout + out.stderr)
     if out.returncode != 0:
         raise SystemExit(f"sweep {sweep['name']} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
@@ -70,7 +71,6 @@ def run(folder: Path, sweep: dict) -> dict:
                  **{key: r.data.metrics.get(key) for key in PHASES.values()}}
                 for r in sorted(trials, key=lambda r: r.info.start_time)]
     ready = next((line for line in out.stdout.splitlines() if line.startswith("sweep ready")), None)
-    (folder / "driver.log").write_text(out.stdout + out.stderr)
     # Tune's record of each trial's process (its last result): a trial that could not take over a finished
     # trial's worker started a process of its own
     workers = {(row["hostname"], row["pid"]) for row in (json.loads(p.read_text().splitlines()[-1])

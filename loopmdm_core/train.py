@@ -135,21 +135,6 @@ def _heldout_problems(cfg: RunConfig) -> list:
     return problems(cfg.data.task, "test", cfg.eval.task_problems)
 
 
-@contextlib.contextmanager
-def cuda_graphs_released(recorded: bool):
-    """Free the CUDA graphs a run recorded (train.cuda_graphs) when it ends, in the thread that recorded them.
-    They live in that thread's state and are otherwise freed whenever the thread ends or the compiled blocks are
-    collected, possibly from another thread. A Ray worker reused for trial after trial (resources.reuse_workers)
-    runs each trial in a new thread: without this release, the LM campaign's sweep on an H200 saw 5 of about 50
-    reused workers die of a segmentation fault as their next trial started."""
-    try:
-        yield
-    finally:
-        if recorded:
-            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-            reset_cudagraph_trees()
-
-
 def train(run: RunPlan | RunConfig | dict, sink: Sink | None = None,
           checkpoint_dir: str | Path | None = None) -> TrainResult:
     """Train one run. Resumes from the newest intact checkpoint in `checkpoint_dir` if there is one.
@@ -203,112 +188,110 @@ def train(run: RunPlan | RunConfig | dict, sink: Sink | None = None,
     backend = resolve_backend(cfg.model.attention, device)
     model = LoopMDM(cfg.model, backend, cfg.train.checkpoint_loops).to(device)
     train_step = TrainStep(model, cfg, device, data.mask_id)
-    with cuda_graphs_released(train_step.graphs):
-        optimizer = train_step.optimizer
-        start, loss_sum, loss_count, train_seconds = 0, 0.0, 0, 0.0
-        if resume:
-            checkpoint.restore(resume, model, optimizer)
-            start, loss_sum, loss_count = resume.step, resume.state["loss_sum"], resume.state["loss_count"]
-            train_seconds = resume.state["train_seconds"]
-            for phase, seconds in resume.state.get("phase_seconds", {}).items():
-                phases[phase] += seconds
-            log.info("resumed from %s (step %d of %d)", resume.path, start, run.steps)
-        autocast = train_step.autocast
-        peak = peak_flops(cfg.train.peak_flops, device)
-        log.info("run: %d params, %d steps x %.3g FLOPs, attention %s, device %s",
-                 run.params, run.steps, run.flops_per_step, backend, device)
+    optimizer = train_step.optimizer
+    start, loss_sum, loss_count, train_seconds = 0, 0.0, 0, 0.0
+    if resume:
+        checkpoint.restore(resume, model, optimizer)
+        start, loss_sum, loss_count = resume.step, resume.state["loss_sum"], resume.state["loss_count"]
+        train_seconds = resume.state["train_seconds"]
+        for phase, seconds in resume.state.get("phase_seconds", {}).items():
+            phases[phase] += seconds
+        log.info("resumed from %s (step %d of %d)", resume.path, start, run.steps)
+    autocast = train_step.autocast
+    peak = peak_flops(cfg.train.peak_flops, device)
+    log.info("run: %d params, %d steps x %.3g FLOPs, attention %s, device %s",
+             run.params, run.steps, run.flops_per_step, backend, device)
 
-        def evaluate() -> dict:
-            """The validation metrics: loss, and for tasks the answer-only loss and held-out accuracy."""
-            model.eval()
-            if train_step.graphs:  # not a training step's: the graphs may reuse the last step's memory
-                torch.compiler.cudagraph_mark_step_begin()
-            loss, answer_loss = diffusion.validation_losses(model, val_batches, data.mask_id, cfg.eval.n_t,
-                                                            cfg.eval.seed, autocast=autocast, fixed=val_fixed,
-                                                            scored=val_answers)
-            out = {metrics.VAL_LOSS: loss, metrics.VAL_PPL: diffusion.perplexity(loss)}
-            if answer_loss is not None:
-                out[metrics.VAL_ANSWER_LOSS] = answer_loss
-            if task_problems:
-                from .evaluate import task_accuracy
-                out[metrics.VAL_ACCURACY] = task_accuracy(
-                    model, data.tokenizer, task_problems, data.mask_id, answer_tokens=4, n_steps=cfg.eval.task_steps,
-                    fill_to=cfg.data.seq_len if cfg.data.task_format == "prompted" else 0, batch_size=256,
-                    autocast=autocast)["accuracy"]
-            model.train()
-            return out
-
-        evals, ckpts = set(run.eval_steps), set(run.checkpoint_steps)
-        loss_acc = torch.zeros((), device=device)  # summed on the device: no host sync per step
-        window_start, window_steps, session_seconds = time.perf_counter(), 0, 0.0
-        mfu_warned = False
-        phases["startup"] += time.perf_counter() - began - data_seconds
-        val_loss = math.nan
+    def evaluate() -> dict:
+        """The validation metrics: loss, and for tasks the answer-only loss and held-out accuracy."""
+        model.eval()
+        if train_step.graphs:  # not a training step's: the graphs may reuse the last step's memory
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, answer_loss = diffusion.validation_losses(model, val_batches, data.mask_id, cfg.eval.n_t,
+                                                        cfg.eval.seed, autocast=autocast, fixed=val_fixed,
+                                                        scored=val_answers)
+        out = {metrics.VAL_LOSS: loss, metrics.VAL_PPL: diffusion.perplexity(loss)}
+        if answer_loss is not None:
+            out[metrics.VAL_ANSWER_LOSS] = answer_loss
+        if task_problems:
+            from .evaluate import task_accuracy
+            out[metrics.VAL_ACCURACY] = task_accuracy(
+                model, data.tokenizer, task_problems, data.mask_id, answer_tokens=4, n_steps=cfg.eval.task_steps,
+                fill_to=cfg.data.seq_len if cfg.data.task_format == "prompted" else 0, batch_size=256,
+                autocast=autocast)["accuracy"]
         model.train()
-        for step in range(start, run.steps):
-            lr = lr_at(run.lr_position(step), run.steps, cfg.train)
-            x, fixed = data.train_batch(step, cfg.train.batch_size, cfg.train.seed)
-            loss_acc += train_step(step, x, lr, fixed, run.loops_at(step))
-            if step == start and cfg.train.compile:  # the first step compiles: its time is compile time, not training
-                loss_acc.item()
-                phases["compile"] += time.perf_counter() - window_start
-                window_start = time.perf_counter()
-            failpoints.reached("step")
-            window_steps += 1
-            done = step + 1
+        return out
 
-            if done % cfg.train.log_every and done not in evals and done not in ckpts:
-                continue
-            if world > 1:
-                torch.distributed.all_reduce(loss_acc)
-                loss_acc /= world
-            loss_sum, loss_count = loss_sum + loss_acc.item(), loss_count + window_steps  # .item() syncs the device
-            elapsed = time.perf_counter() - window_start
-            train_seconds += elapsed
-            session_seconds += elapsed
-            loss_acc.zero_()
-            values = {metrics.FLOPS: run.flops_after(done), metrics.TOKENS: done * run.tokens_per_step, metrics.LR: lr}
-            if done % cfg.train.log_every == 0 or done == run.steps:
-                train_loss = loss_sum / loss_count
-                if not math.isfinite(train_loss):
-                    raise TrainingDiverged(f"training loss is {train_loss} at step {done}; lower train.lr or check "
-                                           f"data")
-                values[metrics.TRAIN_LOSS] = train_loss
-                values[metrics.TOKENS_PER_S] = window_steps * run.tokens_per_step / elapsed
-                window_flops = run.flops_after(done) - run.flops_after(done - window_steps)
-                utilisation = mfu(window_flops, elapsed, peak, world)
-                if utilisation is not None and utilisation <= 1:
-                    values[metrics.MFU] = utilisation
-                elif utilisation is not None and not mfu_warned:  # a peak below what the run achieves is not a peak
-                    log.warning("not logging perf/mfu: %.2f > 1 against a peak of %.3g FLOP/s; set train.peak_flops "
-                                "to this device's real peak", utilisation, peak)
-                    mfu_warned = True
-                values[metrics.TRAIN_SECONDS] = train_seconds
-                if done == run.steps:  # train_seconds is cumulative over resumed sessions, as the FLOPs are
-                    whole_run = mfu(run.flops_after(done), train_seconds, peak, world)
-                    if whole_run is not None and whole_run <= 1:
-                        values[metrics.MFU_RUN] = whole_run
-                values.update({metrics.PHASE_SECONDS[k]: v for k, v in phases.items()})
-                if run.loops:  # the mean loop count drawn since the last log
-                    values[metrics.TRAIN_LOOPS] = sum(run.loops[done - window_steps:done]) / window_steps
-                loss_sum, loss_count = 0.0, 0
-            if done in evals:
-                eval_began = time.perf_counter()
-                scores = evaluate()
-                phases["eval"] += time.perf_counter() - eval_began
-                val_loss = scores[metrics.VAL_LOSS]
-                values.update(scores)
-            sink(done, values)  # before the checkpoint: a crash in between re-reports this step, never loses it
-            if done in ckpts and writes:
-                saving = time.perf_counter()
-                checkpoint.save(checkpoint_dir, done, model, optimizer,
-                                {"loss_sum": loss_sum, "loss_count": loss_count, "train_seconds": train_seconds,
-                                 "phase_seconds": phases, "config": cfg.to_dict()})
-                phases["checkpoint"] += time.perf_counter() - saving
-            window_start, window_steps = time.perf_counter(), 0
+    evals, ckpts = set(run.eval_steps), set(run.checkpoint_steps)
+    loss_acc = torch.zeros((), device=device)  # summed on the device: no host sync per step
+    window_start, window_steps, session_seconds = time.perf_counter(), 0, 0.0
+    mfu_warned = False
+    phases["startup"] += time.perf_counter() - began - data_seconds
+    val_loss = math.nan
+    model.train()
+    for step in range(start, run.steps):
+        lr = lr_at(run.lr_position(step), run.steps, cfg.train)
+        x, fixed = data.train_batch(step, cfg.train.batch_size, cfg.train.seed)
+        loss_acc += train_step(step, x, lr, fixed, run.loops_at(step))
+        if step == start and cfg.train.compile:  # the first step compiles: its time is compile time, not training
+            loss_acc.item()
+            phases["compile"] += time.perf_counter() - window_start
+            window_start = time.perf_counter()
+        failpoints.reached("step")
+        window_steps += 1
+        done = step + 1
 
-        if math.isnan(val_loss):  # resumed from the final checkpoint: nothing trained, score the weights
-            val_loss = evaluate()[metrics.VAL_LOSS]
-        return TrainResult(run.steps, run.total_flops, run.steps * run.tokens_per_step, val_loss,
-                           diffusion.perplexity(val_loss), data.meta["unigram_ppl"], run.params, backend,
-                           start, session_seconds)
+        if done % cfg.train.log_every and done not in evals and done not in ckpts:
+            continue
+        if world > 1:
+            torch.distributed.all_reduce(loss_acc)
+            loss_acc /= world
+        loss_sum, loss_count = loss_sum + loss_acc.item(), loss_count + window_steps  # .item() syncs the device
+        elapsed = time.perf_counter() - window_start
+        train_seconds += elapsed
+        session_seconds += elapsed
+        loss_acc.zero_()
+        values = {metrics.FLOPS: run.flops_after(done), metrics.TOKENS: done * run.tokens_per_step, metrics.LR: lr}
+        if done % cfg.train.log_every == 0 or done == run.steps:
+            train_loss = loss_sum / loss_count
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(f"training loss is {train_loss} at step {done}; lower train.lr or check data")
+            values[metrics.TRAIN_LOSS] = train_loss
+            values[metrics.TOKENS_PER_S] = window_steps * run.tokens_per_step / elapsed
+            window_flops = run.flops_after(done) - run.flops_after(done - window_steps)
+            utilisation = mfu(window_flops, elapsed, peak, world)
+            if utilisation is not None and utilisation <= 1:
+                values[metrics.MFU] = utilisation
+            elif utilisation is not None and not mfu_warned:  # a peak below what the run achieves is not a peak
+                log.warning("not logging perf/mfu: %.2f > 1 against a peak of %.3g FLOP/s; set train.peak_flops "
+                            "to this device's real peak", utilisation, peak)
+                mfu_warned = True
+            values[metrics.TRAIN_SECONDS] = train_seconds
+            if done == run.steps:  # train_seconds is cumulative over resumed sessions, as the FLOPs are
+                whole_run = mfu(run.flops_after(done), train_seconds, peak, world)
+                if whole_run is not None and whole_run <= 1:
+                    values[metrics.MFU_RUN] = whole_run
+            values.update({metrics.PHASE_SECONDS[k]: v for k, v in phases.items()})
+            if run.loops:  # the mean loop count drawn since the last log
+                values[metrics.TRAIN_LOOPS] = sum(run.loops[done - window_steps:done]) / window_steps
+            loss_sum, loss_count = 0.0, 0
+        if done in evals:
+            eval_began = time.perf_counter()
+            scores = evaluate()
+            phases["eval"] += time.perf_counter() - eval_began
+            val_loss = scores[metrics.VAL_LOSS]
+            values.update(scores)
+        sink(done, values)  # before the checkpoint: a crash in between re-reports this step, never loses it
+        if done in ckpts and writes:
+            saving = time.perf_counter()
+            checkpoint.save(checkpoint_dir, done, model, optimizer,
+                            {"loss_sum": loss_sum, "loss_count": loss_count, "train_seconds": train_seconds,
+                             "phase_seconds": phases, "config": cfg.to_dict()})
+            phases["checkpoint"] += time.perf_counter() - saving
+        window_start, window_steps = time.perf_counter(), 0
+
+    if math.isnan(val_loss):  # resumed from the final checkpoint: nothing trained, score the weights
+        val_loss = evaluate()[metrics.VAL_LOSS]
+    return TrainResult(run.steps, run.total_flops, run.steps * run.tokens_per_step, val_loss,
+                       diffusion.perplexity(val_loss), data.meta["unigram_ppl"], run.params, backend,
+                       start, session_seconds)

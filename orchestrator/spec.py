@@ -365,6 +365,13 @@ def parse(data: dict, source: str = "") -> SweepSpec:
         if asked and spec.resources.gpu <= 0:  # settings that need a GPU
             problems.append(f"base.{setting} but resources.gpu is 0, so trials get no GPU; set resources.gpu or "
                             f"{other_fix}")
+    if base.train.cuda_graphs and spec.resources.reuse_workers:
+        # seen on an H200 (results/lm_iso_flops/README.md, "Cost"): reused workers died of segmentation faults as
+        # their next trial started, 5 times in 75 trials; each cost a retry
+        problems.append("base.train.cuda_graphs: true with resources.reuse_workers: true: a reused worker can crash "
+                        "as its next trial starts, with the last trial's CUDA graphs still in the process; set "
+                        "one of them to false (reuse_workers saves more in a sweep of small trials: "
+                        "docs/performance.md)")
     if spec.resources.workers < 0:
         problems.append(f"resources.workers: must be >= 0, got {spec.resources.workers}")
     elif spec.resources.gpu >= 1 and spec.resources.workers not in (0, int(spec.resources.gpu)):

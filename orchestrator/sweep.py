@@ -100,8 +100,8 @@ CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_T
 # thread has ended within TUNE_FUNCTION_THREAD_TIMEOUT_S of the reset (2 s by default); otherwise it fails the
 # next trial ("Could not re-use actor"), which may then be retried in a new process (start-up and compile again,
 # one of its max_failures spent) or end failed.
-# A thread ends only once its thread-local state is torn down, and the CUDA graphs of train.cuda_graphs live
-# there: on a shared H200 that took longer than 2 s for some trials (benchmarks/trial_thread_exit.py).
+# A thread ends only once its thread-local state is torn down; tests/test_lr_ladder.py makes that take 3 s, and
+# before this wait a CPU sweep so delayed failed its reuses and then hung.
 WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
 
 

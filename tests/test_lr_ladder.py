@@ -135,8 +135,8 @@ def test_answer_loss_chooses_when_every_finished_trial_has_it():
 
 
 # Loaded by every Python process of a sweep started with this folder on PYTHONPATH (Ray's workers inherit the
-# driver's environment): each Tune trial thread ends 3 s after its function returned, as a thread holding CUDA
-# graphs (train.cuda_graphs) did on a shared GPU. Tune's worker reuse must wait for it.
+# driver's environment): each Tune trial thread ends 3 s after its function returned, as a thread whose
+# thread-local state is slow to tear down would. Tune's worker reuse must wait for it.
 SLOW_TRIAL_THREAD_EXIT = """
 import threading, time
 

@@ -167,6 +167,9 @@ BAD = [
      "base.train.cuda_graphs: true but resources.gpu is 0"),
     ({"base": {**BASE, "train": {"batch_size": 8, "cuda_graphs": True}}, "resources": {"gpu": 1}},
      "base.train.cuda_graphs: needs train.compile: true"),
+    ({"base": {**BASE, "train": {"batch_size": 8, "compile": True, "cuda_graphs": True}},
+      "resources": {"gpu": 0.5, "reuse_workers": True}},
+     "base.train.cuda_graphs: true with resources.reuse_workers: true"),
 ]
 
 
