@@ -9,7 +9,9 @@ runs it twice through orchestrator/run_sweep.py exactly as users do, first with 
 over trials, the per-phase sums from MLflow (perf/*_seconds), and the ratio of the two walls. Both runs train the
 same trials (the same trial keys), so any difference is overhead; their final validation losses must agree.
 Each run's wall is also given against its training time summed over trials / the trials that share the machine
-at a time (1 / resources.gpu on one GPU): 1.0 would mean every slot trained all the time.
+at a time (1 / resources.gpu on one GPU): 1.0 would mean every slot trained all the time. And how many worker
+processes Tune used (from its result records), how many reuses it gave up ("Could not re-use actor") and how many
+workers crashed ("Fatal Python error"), from the driver's log, which is kept as <out>/<arm>/driver.log.
 """
 
 import argparse

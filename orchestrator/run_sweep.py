@@ -57,9 +57,10 @@ def main(argv=None) -> int:
         # every invocation (an interrupted sweep resumed), not this one alone.
         wall = outcome.seconds + outcome.earlier_seconds
         resumed = f" ({outcome.earlier_seconds:.0f} s of it before this invocation)" if outcome.earlier_seconds else ""
+        ideal = outcome.train_seconds / max(1, outcome.slots)  # every slot training all the time
         print(f"time: {wall:.0f} s wall{resumed} for {outcome.train_seconds:.0f} s of training steps summed over "
-              f"trials (wall/train {wall / outcome.train_seconds:.2f}; the rest is start-up, evaluation, "
-              f"checkpoints and waiting for a slot)")
+              f"trials, {outcome.slots} at a time: wall / (training / {outcome.slots}) = {wall / ideal:.2f} (1.00 "
+              f"if every slot trained all the time; the rest is start-up, evaluation, checkpoints and idle slots)")
         phases = {name.split("/")[1].removesuffix("_seconds"): v for name, v in outcome.phase_seconds.items() if v}
         if phases:
             print("  summed over trials: " + ", ".join(f"{phase} {v:.0f} s" for phase, v in

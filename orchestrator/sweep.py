@@ -47,6 +47,7 @@ class SweepOutcome:
     earlier_seconds: float = 0.0  # wall time of the invocations before it (an interrupted sweep resumed)
     train_seconds: float = 0.0  # sum over the trials of the time spent in training steps (perf/train_seconds)
     phase_seconds: dict = field(default_factory=dict)  # perf/<phase>_seconds -> sum over the trials
+    slots: int = 0  # how many trials the cluster runs at a time (trial_slots)
     experiment_id: str = ""  # the MLflow experiment (tracking.sweep_url gives its page in the UI)
     replayed: int = 0  # metrics trials had spooled on this machine, delivered at the end of the sweep
 
@@ -75,11 +76,26 @@ def prepare_data(trials: list[TrialSpec]):
             load_token_data(t.config.data).require_batch(t.config.train.batch_size)
 
 
+def trial_slots(resources: Resources, nodes: list[dict], max_concurrent: int = 0) -> int:
+    """How many trials run at a time: on each node as many as both its CPUs and its GPUs hold, summed over the
+    nodes, capped by max_concurrent. The sweep's closing line sets its wall against training time / this."""
+    def fits(node: dict) -> int:
+        counts = [int(node.get(key, 0.0) / need + 1e-9) for key, need in (("CPU", resources.cpu),
+                                                                            ("GPU", resources.gpu)) if need > 0]
+        return min(counts) if counts else 0
+    slots = sum(fits(node) for node in nodes)
+    return min(slots, max_concurrent) if max_concurrent else slots
+
+
+def _alive_nodes() -> list[dict]:
+    import ray
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
 def check_cluster(resources: Resources):
     """A trial must fit on one node of the cluster, or Ray would wait for it forever: fail now instead, with every
     resource that does not fit."""
-    import ray
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    nodes = _alive_nodes()
     problems = []
     for name, key, need in (("cpu", "CPU", resources.cpu), ("gpu", "GPU", resources.gpu)):
         best = max((n.get(key, 0.0) for n in nodes), default=0.0)
@@ -175,7 +191,8 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
     state = {"sweep_key": key, "parent_run_id": parent_id, "tracking_uri": tracking.redact(uri)}
     state_path.write_text(json.dumps({**state, "wall_seconds": earlier}))
 
-    outcome = SweepOutcome(parent_id, uri, experiment_path, experiment_id=exp_id, earlier_seconds=earlier)
+    outcome = SweepOutcome(parent_id, uri, experiment_path, experiment_id=exp_id, earlier_seconds=earlier,
+                           slots=trial_slots(spec.resources, _alive_nodes(), spec.max_concurrent))
     print(f"sweep ready to start trials in {time.monotonic() - start:.1f} s (" +
           ", ".join(f"{step} {seconds:.1f} s" for step, seconds in ready.items()) + ")", flush=True)
     crash = None

@@ -66,6 +66,7 @@ def test_sweep_killed_anywhere_resumes_to_the_same_result(reference, tmp_path, t
     out = finish(start_sweep(sweep, tmp_path))
     assert "2 finished, 0 failed" in out, out
     assert "s of it before this invocation)" in out  # wall/train counts the wall of every invocation
+    assert "1 at a time: wall / (training / 1) = " in out  # max_concurrent: 1
     assert_same_sweep(reference, tmp_path, "faults")
     _, parents, _ = runs_of(tmp_path, "faults")
     assert tracking.ERROR_TAG not in parents[0].data.tags  # the interruption's note is gone once resumed

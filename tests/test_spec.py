@@ -65,6 +65,19 @@ def test_trials_start_longest_first():
     assert sorted(trials_of.longest_first(trials), key=trials.index) == trials  # a reordering, nothing lost
 
 
+def test_trial_slots_count_what_each_node_holds():
+    """The closing line's "N at a time": per node, as many trials as both its CPUs and its GPUs hold."""
+    from orchestrator.sweep import trial_slots
+    h200 = {"CPU": 16.0, "GPU": 1.0}
+    assert trial_slots(specs.Resources(cpu=2, gpu=0.125), [h200]) == 8
+    assert trial_slots(specs.Resources(cpu=2, gpu=0.2), [h200]) == 5
+    assert trial_slots(specs.Resources(cpu=4, gpu=0.125), [h200]) == 4  # the CPUs bind first
+    assert trial_slots(specs.Resources(cpu=1), [{"CPU": 2.0}]) == 2  # no GPU asked: the GPUs do not count
+    assert trial_slots(specs.Resources(cpu=1), [{"CPU": 2.0}], max_concurrent=1) == 1
+    # per node, never pooled: 8 CPUs + 2 GPUs hold 2 trials, 2 CPUs + 4 GPUs none of 3 CPUs each
+    assert trial_slots(specs.Resources(cpu=3, gpu=1), [{"CPU": 8.0, "GPU": 2.0}, {"CPU": 2.0, "GPU": 4.0}]) == 2
+
+
 def test_trial_key_is_stable_and_tags_complete():
     a, b = trials_of.expand(sweep()), trials_of.expand(sweep())
     assert [t.key for t in a] == [t.key for t in b]
