@@ -8,14 +8,15 @@ runs it twice through orchestrator/run_sweep.py exactly as users do, first with 
 (a fresh process per trial, the default), then `true`, and prints each run's wall time, its training time summed
 over trials, the per-phase sums from MLflow (perf/*_seconds), and the ratio of the two walls. Both runs train the
 same trials (the same trial keys), so any difference is overhead; their final validation losses must agree.
-Each run's wall is also given against its training time summed over trials / the trials that share the machine
-at a time (1 / resources.gpu on one GPU): 1.0 would mean every slot trained all the time. And how many worker
+Each run's wall is also given against its training time summed over trials / the trials that run at a time (as
+the driver counts them): 1.0 would mean every slot trained all the time. And how many worker
 processes Tune used (from its result records), how many reuses it gave up ("Could not re-use actor") and how many
 workers crashed ("Fatal Python error"), from the driver's log, which is kept as <out>/<arm>/driver.log.
 """
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -44,13 +45,6 @@ def sweep_variant(source: dict, seeds: int, reuse: bool, name: str, budget: floa
             "resources": resources}
 
 
-def concurrency(sweep: dict) -> int:
-    """How many trials run at once: 1 / resources.gpu on one GPU, capped by max_concurrent."""
-    gpu = sweep["resources"].get("gpu", 0)
-    slots = int(round(1 / gpu)) if 0 < gpu < 1 else 1
-    return min(slots, sweep.get("max_concurrent") or slots)
-
-
 def run(folder: Path, sweep: dict) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{sweep['name']}.yaml"
@@ -66,7 +60,8 @@ def run(folder: Path, sweep: dict) -> dict:
     exp = client.get_experiment_by_name(sweep["name"])
     trials = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(tracking.ROLE_TAG) == "trial"]
     sums = {phase: sum(r.data.metrics.get(key, 0.0) for r in trials) for phase, key in PHASES.items()}
-    slots = concurrency(sweep)
+    # how many trials ran at a time, as the driver counted them for its closing line (sweep.trial_slots)
+    slots = int(re.search(r"(\d+) at a time: wall", out.stdout).group(1))
     # each trial's run from opening to closing, in seconds after the command was launched: where the wall went
     timeline = [{"label": r.data.tags.get(tracking.LABEL_TAG), "seed": r.data.tags.get(tracking.SEED_TAG),
                  "start_s": r.info.start_time / 1e3 - launched, "end_s": r.info.end_time / 1e3 - launched,

@@ -74,7 +74,7 @@ def test_trial_slots_count_what_each_node_holds():
     assert trial_slots(specs.Resources(cpu=4, gpu=0.125), [h200]) == 4  # the CPUs bind first
     assert trial_slots(specs.Resources(cpu=1), [{"CPU": 2.0}]) == 2  # no GPU asked: the GPUs do not count
     assert trial_slots(specs.Resources(cpu=1), [{"CPU": 2.0}], max_concurrent=1) == 1
-    # per node, never pooled: 8 CPUs + 2 GPUs hold 2 trials, 2 CPUs + 4 GPUs none of 3 CPUs each
+    # per node, never pooled: 8 CPUs + 2 GPUs hold 2 trials of 3 CPUs; 2 CPUs hold none, whatever their GPUs
     assert trial_slots(specs.Resources(cpu=3, gpu=1), [{"CPU": 8.0, "GPU": 2.0}, {"CPU": 2.0, "GPU": 4.0}]) == 2
 
 

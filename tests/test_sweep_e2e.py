@@ -5,6 +5,7 @@ assert_same_sweep."""
 import contextlib
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -49,7 +50,12 @@ def start_sweep(sweep: Path, cwd: Path, *args, env: dict | None = None) -> subpr
 
 
 def finish(proc: subprocess.Popen, timeout=420) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # a hung sweep: stop it and its Ray cluster, or both outlive the test
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"the sweep did not finish in {timeout} s:\n{out[-3000:]}") from None
     assert proc.returncode in (0, 1), out
     return out
 
