@@ -9,8 +9,8 @@ runs it twice through orchestrator/run_sweep.py exactly as users do, first with 
 over trials, the per-phase sums from MLflow (perf/*_seconds), and the ratio of the two walls. Both runs train the
 same trials (the same trial keys), so any difference is overhead; their final validation losses must agree.
 Each run's wall is also given against its training time summed over trials / the trials that run at a time (as
-the driver counts them): 1.0 would mean every slot trained all the time. And how many worker
-processes Tune used (from its result records), how many reuses it gave up ("Could not re-use actor") and how many
+the driver counts them): 1.0 would mean every slot trained all the time. And how many worker processes Tune
+used (from its result records), how many reuses it gave up ("Could not re-use actor") and how many
 workers crashed ("Fatal Python error"), from the driver's log, which is kept as <out>/<arm>/driver.log.
 """
 
@@ -70,8 +70,8 @@ def run(folder: Path, sweep: dict) -> dict:
     ready = next((line for line in out.stdout.splitlines() if line.startswith("sweep ready")), None)
     # Tune's record of each trial's process (its last result): a trial that could not take over a finished
     # trial's worker started a process of its own
-    workers = {(row["hostname"], row["pid"]) for row in (json.loads(p.read_text().splitlines()[-1])
-               for p in (folder / "ray_results" / sweep["name"]).glob("*/result.json") if p.read_text().strip())}
+    records = (p.read_text().strip() for p in (folder / "ray_results" / sweep["name"]).glob("*/result.json"))
+    workers = {(row["hostname"], row["pid"]) for row in (json.loads(text.splitlines()[-1]) for text in records if text)}
     return {"name": sweep["name"], "trials": len(trials), "wall_seconds": wall, "phase_seconds": sums,
             "concurrency": slots, "wall_over_train_per_slot": wall / (sums["train"] / slots), "driver": ready,
             "worker_processes": len(workers),

@@ -87,15 +87,11 @@ def trial_slots(resources: Resources, nodes: list[dict], max_concurrent: int = 0
     return min(slots, max_concurrent) if max_concurrent else slots
 
 
-def _alive_nodes() -> list[dict]:
-    import ray
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-
-
-def check_cluster(resources: Resources):
+def check_cluster(resources: Resources) -> list[dict]:
     """A trial must fit on one node of the cluster, or Ray would wait for it forever: fail now instead, with every
-    resource that does not fit."""
-    nodes = _alive_nodes()
+    resource that does not fit. Returns the alive nodes' resources."""
+    import ray
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     problems = []
     for name, key, need in (("cpu", "CPU", resources.cpu), ("gpu", "GPU", resources.gpu)):
         best = max((n.get(key, 0.0) for n in nodes), default=0.0)
@@ -105,6 +101,7 @@ def check_cluster(resources: Resources):
                             f"node)")
     if problems:
         raise ConfigError(problems)
+    return nodes
 
 
 # The tracking server's credentials, read from the driver's environment: trials on other nodes get them through
@@ -168,7 +165,7 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
         prepare_data(trials + later)
     with _timed(ready, "Ray"):
         init_ray(address, dashboard)
-        check_cluster(spec.resources)
+        nodes = check_cluster(spec.resources)
     if restart and experiment_path.exists():
         shutil.rmtree(experiment_path)
     stage2_path = storage / (spec.name + STAGE2_SUFFIX)
@@ -192,7 +189,7 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
     state_path.write_text(json.dumps({**state, "wall_seconds": earlier}))
 
     outcome = SweepOutcome(parent_id, uri, experiment_path, experiment_id=exp_id, earlier_seconds=earlier,
-                           slots=trial_slots(spec.resources, _alive_nodes(), spec.max_concurrent))
+                           slots=trial_slots(spec.resources, nodes, spec.max_concurrent))
     print(f"sweep ready to start trials in {time.monotonic() - start:.1f} s (" +
           ", ".join(f"{step} {seconds:.1f} s" for step, seconds in ready.items()) + ")", flush=True)
     crash = None
