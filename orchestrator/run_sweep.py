@@ -69,6 +69,10 @@ def main(argv=None) -> int:
         print(f"tracking: {outcome.replayed} metrics the trials had spooled while the store was down were delivered")
     for name, error in outcome.failed.items():
         print(f"  FAILED {name}: {error}")
+    from orchestrator import tracking
+    for name, errors in outcome.retried.items():  # Tune started these again; they may have finished since
+        print(f"  RETRIED {name} {len(errors)}x, after: {errors[-1][:200]} (tag {tracking.RETRIES_TAG} on its MLflow "
+              f"run)")
     print(closing_text(spec.name, outcome))
     return 0 if outcome.ok else 1
 

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow.entities import RunTag
+
 from loopmdm_core import metrics
 from loopmdm_core.errors import ConfigError
 
@@ -43,6 +45,7 @@ class SweepOutcome:
     finished: list[str] = field(default_factory=list)  # trial names
     failed: dict[str, str] = field(default_factory=dict)  # trial name -> error
     interrupted: list[str] = field(default_factory=list)
+    retried: dict[str, list[str]] = field(default_factory=dict)  # trial name -> the errors it was retried after
     seconds: float = 0.0  # wall time of this invocation of the sweep
     earlier_seconds: float = 0.0  # wall time of the invocations before it (an interrupted sweep resumed)
     train_seconds: float = 0.0  # sum over the trials of the time spent in training steps (perf/train_seconds)
@@ -329,6 +332,8 @@ def _reconcile(client, exp_id: str, parent_id: str, expected: list[str], outcome
         outcome.train_seconds += run.data.metrics.get(metrics.TRAIN_SECONDS, 0.0)
         for phase in (*metrics.PHASE_SECONDS.values(), metrics.INFER_SECONDS):
             outcome.phase_seconds[phase] = outcome.phase_seconds.get(phase, 0.0) + run.data.metrics.get(phase, 0.0)
+        if name in outcome.retried:
+            _tag_retries(client, run, outcome.retried[name])
         if name in outcome.failed and status != "FAILED":
             tracking.end_run(client, run_id, "FAILED", outcome.failed[name])
         elif status in ("RUNNING", "SCHEDULED"):
@@ -337,3 +342,14 @@ def _reconcile(client, exp_id: str, parent_id: str, expected: list[str], outcome
             tracking.end_run(client, run_id, "KILLED", "interrupted: run the same command again to resume")
     outcome.interrupted += [name for name in expected if name not in seen and name not in outcome.failed
                             and name not in outcome.finished]
+
+
+def _tag_retries(client, run, errors: list[str]):
+    """Count this invocation's retries of a trial onto its run, after those of earlier invocations (a resumed
+    sweep): what lets a user find, in the MLflow UI, the trials that finished only after a crash."""
+    tags = run.data.tags
+    earlier = tags.get(tracking.RETRY_ERRORS_TAG, "").splitlines()
+    lines = (earlier + errors)[-20:]  # the newest; a tag holds 8,000 characters at most
+    count = int(tags.get(tracking.RETRIES_TAG, 0)) + len(errors)
+    tracking.deliver(lambda: client.log_batch(run.info.run_id, tags=[
+        RunTag(tracking.RETRIES_TAG, str(count)), RunTag(tracking.RETRY_ERRORS_TAG, "\n".join(lines)[-5000:])]))

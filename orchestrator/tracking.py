@@ -47,6 +47,8 @@ BEST_TAG = "loopmdm.best."  # + a cell's trial key, on the parent run: the cell'
 BACKEND_TAG = "loopmdm.attention_backend"  # the attention kernel the trial trained with
 NODE_TAG = "loopmdm.node"  # the Ray node id of the trial's latest attempt
 RESUMED_FROM_TAG = "loopmdm.resumed_from"  # the step the trial's last attempt started from (0: from scratch)
+RETRIES_TAG = "loopmdm.retries"  # how many times Tune started the trial again after a failure (absent: never)
+RETRY_ERRORS_TAG = "loopmdm.retry_errors"  # the errors those attempts ended with, one a line, the newest last
 STEP_METRIC = metrics.FLOPS  # logged at every reported step: its history tells the last step a run holds
 
 

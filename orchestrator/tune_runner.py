@@ -14,6 +14,38 @@ PROGRESS_COLUMNS = {"step": "step", "train_loss": "train loss", "val_loss": "val
                     "tokens_per_s": "tok/s"}
 
 
+# Trials Tune started again after a failure (a crashed or lost worker, a reused worker that could not be reset):
+# MLflow run name -> the last line of each error. Such a trial may still finish, and without this nothing would
+# say it took more than one attempt. Module state, not the callback's: Tuner.restore unpickles the callbacks of
+# the sweep's first launch, so a callback holding its own dict would fill a copy no one reads.
+RETRIED: dict[str, list[str]] = {}
+
+
+class _Retries(tune.Callback):
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        RETRIED.setdefault(_run_name(trial.config), []).append(_last_error(trial.error_file))
+
+
+def _last_error(path) -> str:
+    """The gist of the newest failure in a Tune trial's error file (read where Tune has just written it, before any
+    sync to storage): its last line not indented, which is the exception of a Python traceback and the cause of
+    an actor's death ("The actor is dead because its worker process has died. ...")."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, TypeError):
+        return "no error recorded"
+    newest = text.rsplit("Failure # ", 1)[-1].splitlines()[1:]
+    lines = [line for line in newest if line.strip() and not line[0].isspace()]
+    return lines[-1].strip()[:500] if lines else "no error recorded"
+
+
+def _run_name(config: dict) -> str:
+    """The MLflow run name of the Tune trial with this param space: an Optuna sample is a run of its own."""
+    if config.get("search"):
+        return TrialJob.from_dict(config["trial"]).sampled(config["search"]).name
+    return job_name(config)
+
+
 def _trainable(spec):
     return tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
@@ -24,7 +56,7 @@ def _run_config(spec, storage: Path, name: str, verbose: int) -> tune.RunConfig:
                                 max_progress_rows=50, sort_by_metric=False)
     return tune.RunConfig(name=name, storage_path=str(storage),
                           failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                          progress_reporter=reporter, verbose=verbose)
+                          progress_reporter=reporter, verbose=verbose, callbacks=[_Retries()])
 
 
 def _trial_name(trial) -> str:
@@ -45,7 +77,16 @@ def _collect(results, outcome):
             outcome.finished.append(name)
 
 
-def _fit(trainable, param_space, path: Path, resume: bool, tune_config, run_config):
+def _fit(trainable, param_space, path: Path, resume: bool, tune_config, run_config, outcome):
+    RETRIED.clear()
+    try:
+        return _fit_once(trainable, param_space, path, resume, tune_config, run_config)
+    finally:
+        for name, errors in RETRIED.items():
+            outcome.retried.setdefault(name, []).extend(errors)
+
+
+def _fit_once(trainable, param_space, path: Path, resume: bool, tune_config, run_config):
     if resume and tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=param_space,
                                    resume_unfinished=True, resume_errored=True)
@@ -61,7 +102,7 @@ def run_grid(spec, jobs: list[TrialJob], path: Path, resume: bool, verbose: int,
                                   reuse_actors=spec.resources.reuse_workers, trial_name_creator=_trial_name,
                                   trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
     results = _fit(_trainable(spec), {"trial": tune.grid_search([j.to_dict() for j in jobs])}, path, resume,
-                   tune_config, _run_config(spec, path.parent, path.name, verbose))
+                   tune_config, _run_config(spec, path.parent, path.name, verbose), outcome)
     _collect(results, outcome)
 
 
@@ -91,7 +132,7 @@ def run_search(spec, jobs: list[TrialJob], storage: Path, resume: bool, verbose:
                                       reuse_actors=spec.resources.reuse_workers, trial_name_creator=_trial_name,
                                       trial_dirname_creator=lambda t: f"{_trial_name(t)}-{t.trial_id}")
         results = _fit(_trainable(spec), space, storage / cell, resume, tune_config,
-                       _run_config(spec, storage, cell, verbose))
+                       _run_config(spec, storage, cell, verbose), outcome)
         results = [r for r in results if r.config is not None]  # not started (an interrupted sweep): no sample yet
         for result in results:
             name = f"{job.name}[{json.dumps(result.config.get('search', {}), sort_keys=True)}]"

@@ -78,3 +78,10 @@ def test_trial_process_killed_is_retried_from_its_checkpoint(reference, tmp_path
     assert (tmp_path / "fired").exists() and code == 0, out[-3000:]
     assert "2 finished, 0 failed" in out, out
     assert_same_sweep(reference, tmp_path, "faults")
+    # the retry is not hidden by the trial's finishing: the closing summary names it, its run counts it
+    _, _, trials = runs_of(tmp_path, "faults")
+    retried = {r.info.run_name: r.data.tags.get(tracking.RETRIES_TAG) for r in trials.values()}
+    assert retried == {"same_size(3L)-b6e+09-s0": "1", "loop[1,2)x2-b6e+09-s0": None}, retried  # longest first
+    assert "RETRIED same_size(3L)-b6e+09-s0 1x, after: " in out, out[-3000:]
+    killed = next(r for r in trials.values() if r.data.tags.get(tracking.RETRIES_TAG))
+    assert "worker process has died" in killed.data.tags[tracking.RETRY_ERRORS_TAG]  # why, from Tune's error file

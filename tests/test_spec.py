@@ -78,6 +78,19 @@ def test_trial_slots_count_what_each_node_holds():
     assert trial_slots(specs.Resources(cpu=3, gpu=1), [{"CPU": 8.0, "GPU": 2.0}, {"CPU": 2.0, "GPU": 4.0}]) == 2
 
 
+def test_a_retry_is_named_by_its_newest_failure(tmp_path):
+    """What a RETRIED line says: the newest failure of Tune's error file, as its exception's line."""
+    from orchestrator.tune_runner import _last_error
+    errors = tmp_path / "error.txt"
+    errors.write_text("Failure # 1 (occurred at 2026-12-02_16-27-31)\nThe actor died unexpectedly before finishing "
+                      "this task.\n\tpid: 8661\nThe actor is dead because its worker process has died.\n"
+                      "Failure # 2 (occurred at 2026-12-02_16-29-02)\nray::ImplicitFunc.train() (pid=9104)\n"
+                      "Traceback (most recent call last):\n  File \"trainable.py\", line 3, in run_trial\n"
+                      "    raise ValueError('boom')\nValueError: boom\n\n")
+    assert _last_error(errors) == "ValueError: boom"
+    assert _last_error(tmp_path / "absent.txt") == _last_error(None) == "no error recorded"
+
+
 def test_trial_key_is_stable_and_tags_complete():
     a, b = trials_of.expand(sweep()), trials_of.expand(sweep())
     assert [t.key for t in a] == [t.key for t in b]
