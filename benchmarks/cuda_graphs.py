@@ -49,6 +49,10 @@ def config(budget: float, variant: dict, graphs: bool, log_every: int = 50):
 
 
 def run(cfg) -> dict:
+    # Each run compiles as a trial in a fresh process does. Without this, the second compilation in the process
+    # (the other mode) is also the frame's second, which Dynamo compiles with dynamic shapes (it saw the evaluation
+    # batch's too): other kernels, other rounding; what this script once reported as the graphs' numerics.
+    torch.compiler.reset()
     losses = {}
 
     def sink(step, values):

@@ -30,6 +30,7 @@ from loopmdm_core.train import train  # noqa: E402
 
 
 def run(cfg, in_thread: bool) -> dict:
+    torch.compiler.reset()  # a first compilation, as in a trial's fresh process (see benchmarks/cuda_graphs.py)
     out = {}
     skips = counters["inductor"]["cudagraph_skips"]
 
@@ -50,20 +51,23 @@ def run(cfg, in_thread: bool) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=3e13)
+    p.add_argument("--runs", default="plain-main,plain-thread,graphs-main,graphs-thread",
+                   help="which runs, in this order, in one process: graphs-thread alone is a process whose first "
+                        "CUDA graphs are those of a thread, as in a sweep trial")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("CUDA graphs need a CUDA device")
     rows = []
-    for graphs in (False, True):
-        for in_thread in (False, True):
-            row = {"cuda_graphs": graphs, "where": "thread" if in_thread else "main thread",
-                   **run(config(args.budget, VARIANTS["same_size"], graphs), in_thread)}
-            row.pop("returned")
-            rows.append(row)
-            exit_s = f", thread ended {row['thread_exit_seconds']:.3f} s after train() returned" if in_thread else ""
-            print(f"cuda_graphs={graphs!s:5} {row['where']:11}: trained {row['train_seconds']:.2f} s, final val/loss "
-                  f"{row['val_loss']:.6f}, CUDA-graph skips {row['cudagraph_skips']}{exit_s}", flush=True)
+    for name in args.runs.split(","):
+        graphs, in_thread = name.split("-")[0] == "graphs", name.split("-")[1] == "thread"
+        row = {"cuda_graphs": graphs, "where": "thread" if in_thread else "main thread",
+               **run(config(args.budget, VARIANTS["same_size"], graphs), in_thread)}
+        row.pop("returned")
+        rows.append(row)
+        exit_s = f", thread ended {row['thread_exit_seconds']:.3f} s after train() returned" if in_thread else ""
+        print(f"cuda_graphs={graphs!s:5} {row['where']:11}: trained {row['train_seconds']:.2f} s, final val/loss "
+              f"{row['val_loss']:.6f}, CUDA-graph skips {row['cudagraph_skips']}{exit_s}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
 
