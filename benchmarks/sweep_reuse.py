@@ -65,6 +65,7 @@ def run(folder: Path, sweep: dict) -> dict:
     # each trial's run from opening to closing, in seconds after the command was launched: where the wall went
     timeline = [{"label": r.data.tags.get(tracking.LABEL_TAG), "seed": r.data.tags.get(tracking.SEED_TAG),
                  "start_s": r.info.start_time / 1e3 - launched, "end_s": r.info.end_time / 1e3 - launched,
+                 metrics.VAL_LOSS: r.data.metrics.get(metrics.VAL_LOSS),
                  **{key: r.data.metrics.get(key) for key in PHASES.values()}}
                 for r in sorted(trials, key=lambda r: r.info.start_time)]
     ready = next((line for line in out.stdout.splitlines() if line.startswith("sweep ready")), None)

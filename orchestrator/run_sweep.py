@@ -61,6 +61,10 @@ def main(argv=None) -> int:
         print(f"time: {wall:.0f} s wall{resumed} for {outcome.train_seconds:.0f} s of training steps summed over "
               f"trials, {outcome.slots} at a time: wall / (training / {outcome.slots}) = {wall / ideal:.2f} (1.00 "
               f"if every slot trained all the time; the rest is start-up, evaluation, checkpoints and idle slots)")
+        if outcome.sweep_mfu is not None:
+            print(f"  GPU use: {outcome.sweep_mfu:.1%} of the peak of the {outcome.gpus:g} GPU"
+                  f"{'s' if outcome.gpus != 1 else ''} the trials held, over the wall (sweep MFU: the finished "
+                  f"trials' model FLOPs / (wall x GPUs x peak))")
         phases = {name.split("/")[1].removesuffix("_seconds"): v for name, v in outcome.phase_seconds.items() if v}
         if phases:
             print("  summed over trials: " + ", ".join(f"{phase} {v:.0f} s" for phase, v in

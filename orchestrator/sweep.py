@@ -51,12 +51,22 @@ class SweepOutcome:
     train_seconds: float = 0.0  # sum over the trials of the time spent in training steps (perf/train_seconds)
     phase_seconds: dict = field(default_factory=dict)  # perf/<phase>_seconds -> sum over the trials
     slots: int = 0  # how many trials the cluster runs at a time (trial_slots)
+    gpus: float = 0.0  # the GPUs those slots hold (held_gpus)
+    workers: int = 1  # a trial's data-parallel processes, one GPU each (resources.n_workers)
+    peak_seconds: float = 0.0  # sum over trials of training FLOPs / the peak of one of their GPUs (sweep_mfu)
     experiment_id: str = ""  # the MLflow experiment (tracking.sweep_url gives its page in the UI)
     replayed: int = 0  # metrics trials had spooled on this machine, delivered at the end of the sweep
 
     @property
     def ok(self) -> bool:
         return not self.failed and not self.interrupted
+
+    @property
+    def sweep_mfu(self) -> float | None:
+        """The sweep's model FLOPs utilisation (docs/definitions.md): every trial's training FLOPs over the wall of
+        all invocations, the GPUs the trials held and their peak; None without GPUs or a known peak."""
+        wall = self.seconds + self.earlier_seconds
+        return self.peak_seconds / (wall * self.gpus) if self.gpus and self.peak_seconds and wall else None
 
 
 def sweep_key(spec: SweepSpec, trials: list[TrialSpec], experiment_path: Path) -> str:
@@ -88,6 +98,11 @@ def trial_slots(resources: Resources, nodes: list[dict], max_concurrent: int = 0
         return min(counts) if counts else 0
     slots = sum(fits(node) for node in nodes)
     return min(slots, max_concurrent) if max_concurrent else slots
+
+
+def held_gpus(resources: Resources, nodes: list[dict], slots: int) -> float:
+    """The GPUs the sweep's trials hold when every slot is busy: slots x resources.gpu, at most what the nodes have."""
+    return min(slots * resources.gpu, sum(node.get("GPU", 0.0) for node in nodes))
 
 
 def check_cluster(resources: Resources) -> list[dict]:
@@ -191,8 +206,10 @@ def run(spec: SweepSpec, trials: list[TrialSpec], later: list[TrialSpec], tracki
     state = {"sweep_key": key, "parent_run_id": parent_id, "tracking_uri": tracking.redact(uri)}
     state_path.write_text(json.dumps({**state, "wall_seconds": earlier}))
 
+    slots = trial_slots(spec.resources, nodes, spec.max_concurrent)
     outcome = SweepOutcome(parent_id, uri, experiment_path, experiment_id=exp_id, earlier_seconds=earlier,
-                           slots=trial_slots(spec.resources, nodes, spec.max_concurrent))
+                           slots=slots, gpus=held_gpus(spec.resources, nodes, slots),
+                           workers=spec.resources.n_workers)
     print(f"sweep ready to start trials in {time.monotonic() - start:.1f} s (" +
           ", ".join(f"{step} {seconds:.1f} s" for step, seconds in ready.items()) + ")", flush=True)
     crash = None
@@ -330,6 +347,9 @@ def _reconcile(client, exp_id: str, parent_id: str, expected: list[str], outcome
         run_id, status, name = run.info.run_id, run.info.status, run.info.run_name
         seen.add(name)
         outcome.train_seconds += run.data.metrics.get(metrics.TRAIN_SECONDS, 0.0)
+        # perf/mfu_run = FLOPs / (training seconds x workers x peak): its product with those two is FLOPs / peak
+        outcome.peak_seconds += (run.data.metrics.get(metrics.MFU_RUN, 0.0) * outcome.workers *
+                                 run.data.metrics.get(metrics.TRAIN_SECONDS, 0.0))
         for phase in (*metrics.PHASE_SECONDS.values(), metrics.INFER_SECONDS):
             outcome.phase_seconds[phase] = outcome.phase_seconds.get(phase, 0.0) + run.data.metrics.get(phase, 0.0)
         if name in outcome.retried:

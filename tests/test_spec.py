@@ -78,6 +78,40 @@ def test_trial_slots_count_what_each_node_holds():
     assert trial_slots(specs.Resources(cpu=3, gpu=1), [{"CPU": 8.0, "GPU": 2.0}, {"CPU": 2.0, "GPU": 4.0}]) == 2
 
 
+def test_sweep_mfu_is_every_trials_flops_over_wall_gpus_and_peak(tmp_path):
+    """The closing summary's "GPU use": read back from what the trials logged (perf/mfu_run, perf/train_seconds),
+    it must equal their training FLOPs / (wall x the GPUs the slots held x the peak), FLOPs known here."""
+    from mlflow.tracking import MlflowClient
+    from synthetic_sweep import make_sweep
+    from loopmdm_core import metrics
+    from loopmdm_core.device import mfu
+    from orchestrator import sweep as sweeps
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = make_sweep(uri, "s", budgets=(1e12,), seeds=(0,))
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("s").experiment_id
+    peak, workers, flops = 989e12, 2, []
+    for i, run in enumerate(client.search_runs([exp_id], "tags.`loopmdm.role` = 'trial'")):
+        seconds, trained = 10.0 * (i + 1), 3e15 * (i + 1)  # as a data-parallel trial on 2 GPUs logs them
+        client.log_metric(run.info.run_id, metrics.TRAIN_SECONDS, seconds)
+        client.log_metric(run.info.run_id, metrics.MFU_RUN, mfu(trained, seconds, peak, workers))
+        flops.append(trained)
+    assert len(flops) == 3
+    gpus = sweeps.held_gpus(specs.Resources(cpu=2, gpu=2), [{"CPU": 16.0, "GPU": 8.0}], slots=3)
+    outcome = sweeps.SweepOutcome(parent, uri, tmp_path, seconds=40.0, earlier_seconds=10.0, gpus=gpus,
+                                  workers=workers)
+    sweeps._reconcile(client, exp_id, parent, [], outcome)
+    assert gpus == 6.0
+    assert outcome.sweep_mfu == pytest.approx(sum(flops) / (50.0 * 6.0 * peak), rel=1e-9)
+    # what the slots hold, never more than the nodes have; none on CPUs (and then no sweep MFU)
+    h200 = {"CPU": 16.0, "GPU": 1.0}
+    assert sweeps.held_gpus(specs.Resources(cpu=2, gpu=0.125), [h200], slots=8) == 1.0
+    assert sweeps.held_gpus(specs.Resources(cpu=2, gpu=0.2), [h200], slots=5) == pytest.approx(1.0)
+    assert sweeps.held_gpus(specs.Resources(cpu=1, gpu=1), [h200], slots=3) == 1.0
+    assert sweeps.held_gpus(specs.Resources(cpu=1), [{"CPU": 2.0}], slots=2) == 0.0
+    assert sweeps.SweepOutcome(parent, uri, tmp_path, seconds=40.0, peak_seconds=1.0).sweep_mfu is None
+
+
 def test_a_retry_is_named_by_its_newest_failure(tmp_path):
     """What a RETRIED line says: the newest failure of Tune's error file, as its exception's line."""
     from orchestrator.tune_runner import _last_error
