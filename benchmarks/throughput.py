@@ -289,6 +289,9 @@ def main(argv=None):
         make = (lambda c=c, compiled=ckpt: reference_step(c, args.seq, batch, device, compiled)) if kind == "ref" \
             else (lambda c=c, ckpt=ckpt, kind=kind, batch=batch: our_step(
                 c, args.seq, batch, device, ckpt, kind.startswith("whole"), kind.endswith("graphs")))
+        # Each variant compiles as in a fresh process: a block compiled again at another shape (the 4x batch) would
+        # otherwise come out with dynamic shapes, other kernels (benchmarks/cuda_graphs.py).
+        torch.compiler.reset()
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
