@@ -98,12 +98,14 @@ def summary(rows: list[dict]) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sweep", default=str(ROOT / "sweeps" / "lm_iso_flops_gpu.yaml"))
+    p.add_argument("--sweep", default=str(ROOT / "sweeps" / "lm_iso_flops_gpu.yaml"),
+                   help="the sweep whose first trial (longest first) each process trains")
     p.add_argument("--procs", default="1,5", help="processes started at once, one count after another")
     p.add_argument("--cpus", type=int, default=2, help="torch threads per process (a trial's resources.cpu)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json")
+    p.add_argument("--steps", type=int, default=20, help="training steps of each process's short train()")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for every process, e.g. TORCHINDUCTOR_COMPILE_THREADS=1")
+    p.add_argument("--json", help="also write every process's stages here")
     args = p.parse_args()
     config = first_trial_config(args.sweep, args.steps)
     env = dict(item.split("=", 1) for item in args.env)
