@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 from ray import tune
@@ -10,6 +11,7 @@ from . import tracking
 from .trainable import run_trial, tune_metric
 from .trials import TrialJob, job_name
 
+log = logging.getLogger(__name__)
 PROGRESS_COLUMNS = {"step": "step", "train_loss": "train loss", "val_loss": "val loss", "flops": "FLOPs",
                     "tokens_per_s": "tok/s"}
 
@@ -23,7 +25,10 @@ RETRIED: dict[str, list[str]] = {}
 
 class _Retries(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
-        RETRIED.setdefault(_run_name(trial.config), []).append(_last_error(trial.error_file))
+        try:
+            RETRIED.setdefault(_run_name(trial.config), []).append(_last_error(trial.error_file))
+        except Exception as e:  # reporting a retry must never stop the sweep: Tune does not catch it
+            log.warning(f"could not record the retry of trial {trial}: {type(e).__name__}: {e}")
 
 
 def _last_error(path) -> str:

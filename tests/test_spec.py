@@ -125,6 +125,16 @@ def test_a_retry_is_named_by_its_newest_failure(tmp_path):
     assert _last_error(tmp_path / "absent.txt") == _last_error(None) == "no error recorded"
 
 
+def test_a_retry_is_counted_on_the_run_the_trial_logs_to():
+    """The RETRIED line and tag name the MLflow run: for an Optuna sample, the sample's own run, not its cell's."""
+    from orchestrator.tune_runner import _run_name
+    context = trials_of.SweepContext("sqlite:///x.db", "1", "p", 1.0, 1, "/tmp/c", None)
+    job = trials_of.TrialJob.of(trials_of.expand(sweep())[0], context)
+    assert _run_name({"trial": job.to_dict()}) == job.name
+    sampled = _run_name({"trial": job.to_dict(), "search": {"train.lr": 0.003}})
+    assert sampled == job.sampled({"train.lr": 0.003}).name and sampled.startswith(job.name + "-")
+
+
 def test_trial_key_is_stable_and_tags_complete():
     a, b = trials_of.expand(sweep()), trials_of.expand(sweep())
     assert [t.key for t in a] == [t.key for t in b]
