@@ -17,8 +17,8 @@ PROGRESS_COLUMNS = {"step": "step", "train_loss": "train loss", "val_loss": "val
 
 
 # Trials Tune started again after a failure (a crashed or lost worker, a reused worker that could not be reset):
-# MLflow run name -> the last line of each error. Such a trial may still finish, and without this nothing would
-# say it took more than one attempt. Module state, not the callback's: Tuner.restore unpickles the callbacks of
+# MLflow run name -> the gist of each error it was retried after (_last_error). Such a trial may still finish, and
+# without this nothing would say it took more than one attempt. Module state, not the callback's: Tuner.restore unpickles the callbacks of
 # the sweep's first launch, so a callback holding its own dict would fill a copy no one reads.
 RETRIED: dict[str, list[str]] = {}
 
@@ -85,19 +85,15 @@ def _collect(results, outcome):
 def _fit(trainable, param_space, path: Path, resume: bool, tune_config, run_config, outcome):
     RETRIED.clear()
     try:
-        return _fit_once(trainable, param_space, path, resume, tune_config, run_config)
-    finally:
+        if resume and tune.Tuner.can_restore(str(path)):
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=param_space,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+        return tuner.fit()
+    finally:  # an interrupted fit still reports the retries it saw
         for name, errors in RETRIED.items():
             outcome.retried.setdefault(name, []).extend(errors)
-
-
-def _fit_once(trainable, param_space, path: Path, resume: bool, tune_config, run_config):
-    if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=param_space,
-                                   resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-    return tuner.fit()
 
 
 def run_grid(spec, jobs: list[TrialJob], path: Path, resume: bool, verbose: int, outcome):
