@@ -1,7 +1,7 @@
 """Token cache and batches: a corpus is tokenized once into Arrow shards, then read memory-mapped.
 
-The cache key hashes (corpus content, tokenizer, seq_len, split), so any change rebuilds and nothing stale is
-read. Documents go to train or validation by a hash of their text (deterministic, independent of order);
+The cache key hashes (the corpus's content fingerprint, the tokenizer's kind and size, seq_len, split), so any
+change rebuilds and nothing stale is read; a trained BPE is a function of those and is kept in the entry. Documents go to train or validation by a hash of their text (deterministic, independent of order);
 each split is the concatenation of its documents, EOS between them, cut into packed rows of seq_len tokens.
 A prompted task's problems (data.task_format) are rows of their own instead: the prompt, the answer, then EOS
 up to seq_len, with a `fixed` column marking the prompt tokens that the noise never masks.
@@ -26,7 +26,8 @@ from .corpus import load_corpus
 from .errors import DataError
 
 SHARD_TOKENS = 1 << 22  # ~16 MB of uint32 per shard
-CACHE_VERSION = 1  # bump when the shard layout changes
+CACHE_VERSION = 2  # bump when the shard layout changes (2: keyed by the tokenizer's kind; a BPE copy inside)
+BPE_FILE = "tokenizer.json"  # a cache entry's own copy of the BPE it was tokenized with
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -136,14 +137,24 @@ class TokenData:
         return [f.any(dim=1, keepdim=True) & ~f & (x != eos) for x, f in zip(batches, fixed)]
 
 
-def _get_tokenizer(cfg: DataConfig, corpus, train_idx: list[int], root: Path):
+def _train_tokenizer(cfg: DataConfig, corpus, train_texts: list[str], root: Path):
+    """The run's tokenizer; a BPE is trained on the train split once and shared by every seq_len (cached by the
+    corpus, the vocabulary size and the split)."""
     if cfg.tokenizer == "gpt2":
         return tokenizers.GPT2Tokenizer()
-    path = root / "tokenizers" / f"bpe-{corpus.fingerprint[:16]}-{cfg.bpe_vocab_size}-{len(train_idx)}.json"
+    path = root / "tokenizers" / f"bpe-{corpus.fingerprint[:16]}-{cfg.bpe_vocab_size}-{len(train_texts)}.json"
     if not path.exists():
-        texts = corpus.documents.select(train_idx)["text"]
-        tokenizers.train_bpe(texts, cfg.bpe_vocab_size, path)
+        tokenizers.train_bpe(train_texts, cfg.bpe_vocab_size, path)
     return tokenizers.TrainedBPE(path)
+
+
+def _open_tokenizer(cfg: DataConfig, path: Path, meta: dict):
+    """The tokenizer a cache entry was built with: a BPE's own copy in the entry, so the entry stands alone."""
+    tok = tokenizers.GPT2Tokenizer() if cfg.tokenizer == "gpt2" else tokenizers.TrainedBPE(path / BPE_FILE)
+    if tok.fingerprint != meta["tokenizer"]:
+        raise DataError(f"token cache {path}: built with tokenizer {meta['tokenizer']}, which is not "
+                        f"{tok.fingerprint}; delete that folder and it is built again")
+    return tok
 
 
 def _write_split(docs, eos_id: int, seq_len: int, out_dir: Path, split: str) -> list[str]:
@@ -205,26 +216,21 @@ def _unigram_ppl(train: PackedSequences, val: PackedSequences, n_ids: int) -> fl
 
 
 def load_token_data(cfg: DataConfig) -> TokenData:
-    """Tokenize the corpus into the cache if needed, then open it memory-mapped."""
+    """Tokenize the corpus into the cache if needed, then open it memory-mapped. A cached corpus is opened
+    without reading its documents: the key needs only their fingerprint (a sweep opens it in every trial)."""
     root = cache_root(cfg)
     corpus = load_corpus(cfg.corpus, cfg.text_field, cfg.task, cfg.task_problems, cfg.task_format == "prompted")
-    texts = corpus.documents["text"]
-    if len(texts) < 2:
-        raise DataError(f"data.corpus: {cfg.corpus} has {len(texts)} document; need at least 2 to hold one out "
-                        f"for validation (in .txt files, separate documents by blank lines)")
-    train_idx, val_idx = split_documents(texts, cfg.val_fraction)
-
-    tok = _get_tokenizer(cfg, corpus, train_idx, root)
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, corpus.fingerprint, tok.fingerprint, cfg.seq_len,
+    tokenizer = "gpt2" if cfg.tokenizer == "gpt2" else f"bpe-{cfg.bpe_vocab_size}"  # a BPE is a function of the rest
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, corpus.fingerprint, tokenizer, cfg.seq_len,
                                      cfg.val_fraction]).encode()).hexdigest()[:20]
     path = root / "tokens" / key
     if not (path / "meta.json").exists():
-        _build(cfg, corpus, tok, train_idx, val_idx, path)
+        _build(cfg, corpus, root, path)
     meta = json.loads((path / "meta.json").read_text())
     train = PackedSequences([path / n for n in meta["train_shards"]], cfg.seq_len)
     val = PackedSequences([path / n for n in meta["val_shards"]], cfg.seq_len)
     mask = tokenizers.mask_id(cfg.tokenizer, cfg.bpe_vocab_size)
-    return TokenData(train, val, tok, mask, meta, path)
+    return TokenData(train, val, _open_tokenizer(cfg, path, meta), mask, meta, path)
 
 
 def _tokenize(tok, batch: dict) -> dict:
@@ -237,10 +243,19 @@ def _tokenize(tok, batch: dict) -> dict:
     return {"ids": [p + r for p, r in zip(prompts, rests)], "n_fixed": [len(p) for p in prompts]}
 
 
-def _build(cfg: DataConfig, corpus, tok, train_idx, val_idx, path: Path):
+def _build(cfg: DataConfig, corpus, root: Path, path: Path):
+    """Split, tokenize and pack the corpus into the cache entry `path`, written whole or not at all."""
+    texts = corpus.texts()
+    if len(texts) < 2:
+        raise DataError(f"data.corpus: {cfg.corpus} has {len(texts)} document; need at least 2 to hold one out "
+                        f"for validation (in .txt files, separate documents by blank lines)")
+    train_idx, val_idx = split_documents(texts, cfg.val_fraction)
+    tok = _train_tokenizer(cfg, corpus, [texts[i] for i in train_idx], root)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".building-"))
     try:
+        if cfg.tokenizer != "gpt2":
+            shutil.copyfile(tok.path, tmp / BPE_FILE)
         tokenized = corpus.documents.map(lambda b: _tokenize(tok, b), batched=True,
                                          remove_columns=corpus.documents.column_names, desc="tokenizing")
         meta = {"corpus": corpus.name, "corpus_sha256": corpus.fingerprint, "tokenizer": tok.fingerprint,

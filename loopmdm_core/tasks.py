@@ -198,6 +198,18 @@ def problems(spec: str, split: str, n: int, seed: int = 0) -> list[Problem]:
     return found[:n] if n else found
 
 
+def source_fingerprint(spec: str) -> str:
+    """What a task's problems come from beyond its spec: a GSM8K file's bytes (the generated tasks are a pure
+    function of the spec and the seed). Part of the token cache's key, so an edited file is tokenized again."""
+    name, arg = parse_spec(spec)
+    if name != "gsm8k":
+        return ""
+    path = Path(arg).expanduser()
+    if not path.is_file():
+        raise DataError(f"task {spec!r}: {path} is not a file")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def documents(spec: str, n: int) -> tuple[list[str], list[str]]:
     """The task's train problems as (texts, prompts): each text is a prompt with its answer, one per document;
     once tokenized an EOS follows every answer, which is where a generated answer is cut

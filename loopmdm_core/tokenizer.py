@@ -38,6 +38,7 @@ class TrainedBPE:
 
     def __init__(self, path: Path):
         from tokenizers import Tokenizer
+        self.path = Path(path)
         self._tok = Tokenizer.from_file(str(path))
         self.n_tokens = self._tok.get_vocab_size()
         self.eos_id = self._tok.token_to_id(EOS)

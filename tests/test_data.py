@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -99,3 +101,62 @@ def test_bad_corpora(tmp_path, cache_dir):
     broken.write_text('{"text": "a"\n')
     with pytest.raises(DataError, match="broken.jsonl:1: not valid JSON"):
         load(broken)
+
+
+def test_a_cached_corpus_opens_without_its_documents(tmp_path, cache_dir, monkeypatch):
+    """A sweep opens the token cache in every trial: once built, neither a task's problems are generated again
+    nor the corpus read (18 s per trial for the positive control's 200,000 problems, when they were)."""
+    from loopmdm_core import corpus, tasks
+    cfg = DataConfig(corpus="none", task="arithmetic:2", task_problems=300, task_format="prompted",
+                     bpe_vocab_size=300, seq_len=16, cache_dir=cache_dir)
+    first = load_token_data(cfg)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("read the documents of a cached corpus")
+
+    monkeypatch.setattr(tasks, "documents", forbidden)
+    monkeypatch.setattr(corpus, "_read_file", forbidden)
+    again = load_token_data(cfg)
+    assert again.path == first.path and again.meta == first.meta
+    assert again.tokenizer.encode_batch(["12+34="]) == first.tokenizer.encode_batch(["12+34="])
+    assert np.array_equal(again.train_batch(3, 8, seed=0)[0], first.train_batch(3, 8, seed=0)[0])
+    with pytest.raises(AssertionError, match="read the documents"):  # a new entry must read them
+        load_token_data(DataConfig(**{**cfg.__dict__, "seq_len": 24}))
+
+
+def test_a_cache_entry_stands_alone_and_checks_its_tokenizer(tiny_corpus, cache_dir):
+    cfg = DataConfig(corpus=tiny_corpus, bpe_vocab_size=320, seq_len=32, cache_dir=cache_dir, val_fraction=0.2)
+    first = load_token_data(cfg)
+    shutil.rmtree(Path(cache_dir) / "tokenizers")  # the shared BPE is gone; the entry keeps its own copy
+    assert load_token_data(cfg).tokenizer.fingerprint == first.meta["tokenizer"]
+    (first.path / "tokenizer.json").write_text((first.path / "tokenizer.json").read_text().replace('"<', '"<x'))
+    with pytest.raises(DataError, match="delete that folder"):
+        load_token_data(cfg)
+
+
+def test_what_picks_the_text_is_part_of_the_cache_key(tmp_path, cache_dir):
+    """A jsonl's text_field and a GSM8K file's contents decide the documents, so they decide the entry."""
+    docs = make_documents(10, 150, seed=5)
+    path = tmp_path / "two.jsonl"
+    path.write_text("".join(json.dumps({"text": d, "other": d.upper()}) + "\n" for d in docs))
+    by_field = {f: load_token_data(DataConfig(corpus=str(path), text_field=f, tokenizer="gpt2", seq_len=16,
+                                              cache_dir=cache_dir, val_fraction=0.2)) for f in ("text", "other")}
+    assert by_field["text"].path != by_field["other"].path
+    assert by_field["other"].tokenizer.decode(by_field["other"].train.gather([0])[0].tolist()).isupper()
+
+    gsm = tmp_path / "gsm8k.jsonl"
+
+    def write(n: int):
+        gsm.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"}) + "\n"
+                               for i in range(n)))
+
+    def load():
+        return load_token_data(DataConfig(corpus="none", task=f"gsm8k:{gsm}", task_format="prompted",
+                                          tokenizer="gpt2", seq_len=32, cache_dir=cache_dir, val_fraction=0.2))
+
+    write(20)
+    before = load()
+    write(30)  # the same spec, other problems
+    after = load()
+    assert after.path != before.path
+    assert sum(after.meta["documents"].values()) == 30 and sum(before.meta["documents"].values()) == 20
