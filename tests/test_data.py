@@ -124,10 +124,11 @@ def test_a_cached_corpus_opens_without_its_documents(tmp_path, cache_dir, monkey
         load_token_data(DataConfig(**{**cfg.__dict__, "seq_len": 24}))
 
 
-def test_a_cache_entry_stands_alone_and_checks_its_tokenizer(tiny_corpus, cache_dir):
-    cfg = DataConfig(corpus=tiny_corpus, bpe_vocab_size=320, seq_len=32, cache_dir=cache_dir, val_fraction=0.2)
+def test_a_cache_entry_stands_alone_and_checks_its_tokenizer(tiny_corpus, tmp_path):
+    cache_dir = tmp_path / "own_cache"  # this test damages its entry: never the cache other tests share
+    cfg = DataConfig(corpus=tiny_corpus, bpe_vocab_size=320, seq_len=32, cache_dir=str(cache_dir), val_fraction=0.2)
     first = load_token_data(cfg)
-    shutil.rmtree(Path(cache_dir) / "tokenizers")  # the shared BPE is gone; the entry keeps its own copy
+    shutil.rmtree(cache_dir / "tokenizers")  # the shared BPE is gone; the entry keeps its own copy
     assert load_token_data(cfg).tokenizer.fingerprint == first.meta["tokenizer"]
     (first.path / "tokenizer.json").write_text((first.path / "tokenizer.json").read_text().replace('"<', '"<x'))
     with pytest.raises(DataError, match="delete that folder"):
