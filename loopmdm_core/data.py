@@ -1,7 +1,8 @@
 """Token cache and batches: a corpus is tokenized once into Arrow shards, then read memory-mapped.
 
 The cache key hashes (the corpus's content fingerprint, the tokenizer's kind and size, seq_len, split), so any
-change rebuilds and nothing stale is read; a trained BPE is a function of those and is kept in the entry. Documents go to train or validation by a hash of their text (deterministic, independent of order);
+change rebuilds and nothing stale is read; a trained BPE is a function of those and is kept in the entry.
+Documents go to train or validation by a hash of their text (deterministic, independent of order);
 each split is the concatenation of its documents, EOS between them, cut into packed rows of seq_len tokens.
 A prompted task's problems (data.task_format) are rows of their own instead: the prompt, the answer, then EOS
 up to seq_len, with a `fixed` column marking the prompt tokens that the noise never masks.
