@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
+from .hashing import sha256_files
 from .jsonl import read_fields
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -191,23 +192,22 @@ def problems(spec: str, split: str, n: int, seed: int = 0) -> list[Problem]:
     if name == "phop":
         hops, length, alphabet = _phop_args(arg)
         return phop(n, split, hops, seed, length, alphabet)
+    found = read_gsm8k(_gsm8k_file(spec, arg))
+    return found[:n] if n else found
+
+
+def _gsm8k_file(spec: str, arg: str) -> Path:
     path = Path(arg).expanduser()
     if not path.is_file():
         raise DataError(f"task {spec!r}: {path} is not a file")
-    found = read_gsm8k(path)
-    return found[:n] if n else found
+    return path
 
 
 def source_fingerprint(spec: str) -> str:
     """What a task's problems come from beyond its spec: a GSM8K file's bytes (the generated tasks are a pure
     function of the spec and the seed). Part of the token cache's key, so an edited file is tokenized again."""
     name, arg = parse_spec(spec)
-    if name != "gsm8k":
-        return ""
-    path = Path(arg).expanduser()
-    if not path.is_file():
-        raise DataError(f"task {spec!r}: {path} is not a file")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_files([_gsm8k_file(spec, arg)]) if name == "gsm8k" else ""
 
 
 def documents(spec: str, n: int) -> tuple[list[str], list[str]]:

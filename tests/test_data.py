@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -103,9 +104,9 @@ def test_bad_corpora(tmp_path, cache_dir):
         load(broken)
 
 
-def test_a_cached_corpus_opens_without_its_documents(tmp_path, cache_dir, monkeypatch):
+def test_a_cached_corpus_opens_without_its_documents(cache_dir, monkeypatch):
     """A sweep opens the token cache in every trial: once built, neither a task's problems are generated again
-    nor the corpus read (18 s per trial for the positive control's 200,000 problems, when they were)."""
+    nor the corpus read (for the positive control's 200,000 problems that took 18 s on a 2-core CPU)."""
     from loopmdm_core import corpus, tasks
     cfg = DataConfig(corpus="none", task="arithmetic:2", task_problems=300, task_format="prompted",
                      bpe_vocab_size=300, seq_len=16, cache_dir=cache_dir)
@@ -121,7 +122,7 @@ def test_a_cached_corpus_opens_without_its_documents(tmp_path, cache_dir, monkey
     assert again.tokenizer.encode_batch(["12+34="]) == first.tokenizer.encode_batch(["12+34="])
     assert np.array_equal(again.train_batch(3, 8, seed=0)[0], first.train_batch(3, 8, seed=0)[0])
     with pytest.raises(AssertionError, match="read the documents"):  # a new entry must read them
-        load_token_data(DataConfig(**{**cfg.__dict__, "seq_len": 24}))
+        load_token_data(dataclasses.replace(cfg, seq_len=24))
 
 
 def test_a_cache_entry_stands_alone_and_checks_its_tokenizer(tiny_corpus, tmp_path):
