@@ -168,7 +168,8 @@ def cmd_sample(args) -> int:
                     seed=args.seed)
     for i, row in enumerate(result.tokens.tolist()):
         print(f"--- sample {i}\n{tok.decode(row)}")
-    print(f"--- {result.calls} network calls, loops per call {result.loops}, {result.flops:.3g} forward FLOPs")
+    loops = " ".join("/".join(str(k) for k in sorted(set(rows))) for rows in result.loops)  # 1/3: rows differed
+    print(f"--- {result.calls} network calls, loops per call: {loops}; {result.flops:.3g} forward FLOPs")
     return 0
 
 

@@ -5,7 +5,7 @@ training count too) on the fixed validation work of diffusion.validation_elbo, w
 token each loop count costs, so loss can be read against inference compute.
 """
 
-from . import diffusion, flops
+from . import diffusion, flops, loop_sampling
 
 
 def loop_scaling(model, batches, mask_id: int, loops, n_t: int = 8, seed: int = 1234, autocast=None,
@@ -27,18 +27,23 @@ def loop_scaling(model, batches, mask_id: int, loops, n_t: int = 8, seed: int = 
 
 def inference_eval(model, data, cfg, max_loops: int = 0, attention_t: float = 0.5) -> dict:
     """What a sweep asks after training: validation ELBO at n_loops = 1..max_loops (0: twice the trained
-    count) and the mask-to-mask attention share per applied layer at mask ratio `attention_t` (0: skipped)."""
+    count; 1 only for a model trained with one pass, loop_sampling.trains_one_pass) and the mask-to-mask
+    attention share per applied layer at mask ratio `attention_t` (0: skipped)."""
     from .analysis import masked_attention_share
     from .device import autocast_for
     device = next(model.parameters()).device
     batches, fixed = data.val_batches(cfg.eval.n_batches, cfg.eval.batch_size)  # host: masks are drawn there
-    top = max_loops or 2 * cfg.model.n_loops
+    top = 1 if _one_pass(cfg) else max_loops or 2 * cfg.model.n_loops
     out = {"loop_scaling": loop_scaling(model, batches, data.mask_id, range(1, top + 1), cfg.eval.n_t, cfg.eval.seed,
                                         autocast=autocast_for(device, cfg.train.dtype),
                                         fixed=fixed)}
     if attention_t > 0:
         out["attention"] = masked_attention_share(model, batches[0].to(device), attention_t, data.mask_id, seed=cfg.eval.seed)
     return out
+
+
+def _one_pass(cfg) -> bool:
+    return loop_sampling.trains_one_pass(cfg.model.n_loops, cfg.train.loop_sampling)
 
 
 def default_schedules(n_loops: int) -> list[str]:
@@ -55,18 +60,16 @@ def task_eval(model, data, cfg, test: str, n_problems: int, answer_tokens: int, 
     """Accuracy and forward FLOPs per problem on a reasoning task's held-out problems, per loop schedule.
     `test` names the problems (tasks.py spec; "" = the test split of the task the model was trained with).
     A model trained on prompted rows (data.task_format) answers as it was trained, in the rest of a row of
-    data.seq_len tokens (at least `answer_tokens`); otherwise in `answer_tokens` tokens."""
+    data.seq_len tokens (at least `answer_tokens`); otherwise in `answer_tokens` tokens. A model trained with
+    one pass (loop_sampling.trains_one_pass) is scored at fixed:1 only, whatever `schedule_specs` asks."""
     from . import schedules, tasks
     problems = tasks.problems(test or cfg.data.task, "test", n_problems)
     fill_to = cfg.data.seq_len if cfg.data.task and cfg.data.task_format == "prompted" else 0
     rows = []
-    for spec in schedule_specs or default_schedules(cfg.model.n_loops):
-        schedule = schedules.parse(spec)
-        # fixed and per-step loop counts give each row the answer it gets alone: batch them; adaptive ones decide
-        # from the whole batch (its confidence, its convergence), so they score one problem at a time
-        batch = 256 if isinstance(schedule, (schedules.Fixed, schedules.ByStep)) else 1
+    specs = ["fixed:1"] if _one_pass(cfg) else schedule_specs or default_schedules(cfg.model.n_loops)
+    for spec in specs:
         out = task_accuracy(model, data.tokenizer, problems, data.mask_id, answer_tokens, n_steps,
-                            schedule=schedule, fill_to=fill_to, batch_size=batch)
+                            schedule=schedules.parse(spec), fill_to=fill_to, batch_size=256)
         rows.append({"schedule": spec, "accuracy": out["accuracy"], "problems": out["problems"],
                      "forward_flops_per_problem": out["forward_flops"] / out["problems"]})
     return rows
@@ -79,8 +82,8 @@ def task_accuracy(model, tokenizer, problems, mask_id: int, answer_tokens: int, 
     generated tokens, or up to the end of a row of `fill_to` tokens (a prompted task's row), cut at the first end of
     document, the first number or letter answer extracted and compared; plus the forward FLOPs the generations
     cost. Problems whose prompts have the same length are generated together, up to `batch_size` at a time:
-    with a fixed loop schedule every row's answer is the one it gets alone (greedy, per-row reveal order), but
-    an adaptive schedule decides its loop count from the whole batch, so its evaluation keeps batch_size 1."""
+    every row's answer, loop counts and FLOPs are those it gets alone (greedy, per-row reveal order, per-row
+    adaptive loop counts: sample.py), so the batch size changes the speed, not the scores."""
     import contextlib
 
     import torch

@@ -48,6 +48,16 @@ class Sampler:
         return 1 + int(rng.poisson(np.exp(tau)))
 
 
+def trains_one_pass(n_loops: int, spec: str) -> bool:
+    """Whether every training step runs the looped block once (a baseline, or a loop config that never loops).
+    Such a model never learned to loop: inference at more passes repeats layers it was not trained to repeat
+    (for a plain baseline, its whole stack), so evaluations score it at its one pass only."""
+    sampler = parse(spec)
+    if sampler.kind == "fixed":
+        return n_loops == 1
+    return sampler.kind == "uniform" and sampler.b == 1
+
+
 def _step_seed(seed: int, step: int) -> int:
     # Its own stream, apart from the masks' (train.step_generator): drawing loops never shifts a mask.
     return int.from_bytes(hashlib.sha256(f"loopmdm-loops:{seed}:{step}".encode()).digest()[:8], "little")

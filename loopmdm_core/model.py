@@ -269,24 +269,47 @@ class LoopMDM(nn.Module):
         return self.norm(x)
 
     @torch.no_grad()
+    def forward_per_row(self, idx: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
+        """Final normed hidden states where row i runs the looped block loops[i] times (inference only): each
+        pass computes only the rows still looping, so a row gets what a call on it alone gives, at its cost."""
+        cos, sin = self.rope(idx.shape[1], idx.device)
+        x = self._embed(idx)
+        loops = loops.to(idx.device)
+        for loop_pass, layers in itertools.groupby(self.applied_layers(int(loops.max())), key=lambda layer: layer[0]):
+            blocks = [block for _, _, block in layers]
+            if loop_pass is None:
+                x = _apply(blocks, x, cos, sin)
+            else:
+                rows = (loops >= loop_pass).nonzero().squeeze(1)
+                x = x.index_copy(0, rows, _apply(blocks, x[rows], cos, sin))
+        return self.norm(x)
+
+    @torch.no_grad()
     def forward_until_converged(self, idx: torch.Tensor, tol: float, min_loops: int, max_loops: int):
-        """Run the looped block until its output changes by less than `tol` (relative L2 norm, worst row) from
-        one iteration to the next, at least `min_loops` and at most `max_loops` times (inference only).
-        Returns (hidden states, loops run)."""
+        """Run the looped block on each row until its output changes by less than `tol` (relative L2 norm of the
+        row) from one pass to the next, at least `min_loops` and at most `max_loops` times (inference only). A
+        row that has settled is not computed again. Returns (hidden states, loops each row ran: a long tensor)."""
         if not 1 <= min_loops <= max_loops:
             raise ValueError(f"need 1 <= min_loops <= max_loops, got {min_loops}, {max_loops}")
         cos, sin = self.rope(idx.shape[1], idx.device)
         x = self._embed(idx)
-        loops, converged = 0, False
+        loops = torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device)
+        looping = torch.ones(idx.shape[0], dtype=torch.bool, device=idx.device)
         for loop_pass, layers in itertools.groupby(self.applied_layers(max_loops), key=lambda layer: layer[0]):
-            if loop_pass is not None and converged:
+            blocks = [block for _, _, block in layers]
+            if loop_pass is None:
+                x = _apply(blocks, x, cos, sin)
                 continue
-            before = x
-            x = _apply([block for _, _, block in layers], x, cos, sin)
-            if loop_pass is not None:
-                loops = loop_pass
-                change = (x - before).flatten(1).norm(dim=1) / before.flatten(1).norm(dim=1).clamp_min(1e-12)
-                converged = loops >= min_loops and change.max().item() < tol
+            rows = looping.nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            before = x[rows]
+            after = _apply(blocks, before, cos, sin)
+            x = x.index_copy(0, rows, after)
+            loops[rows] = loop_pass
+            if loop_pass >= min_loops:
+                change = (after - before).flatten(1).norm(dim=1) / before.flatten(1).norm(dim=1).clamp_min(1e-12)
+                looping[rows] = change >= tol
         return self.norm(x), loops
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

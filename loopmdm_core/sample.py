@@ -22,8 +22,8 @@ from .schedules import Converge, Fixed
 @dataclass
 class SampleResult:
     tokens: torch.Tensor  # (batch, length), no mask token left
-    flops: int  # forward FLOPs of all network calls (flops.forward_flops_per_token x tokens per call)
-    loops: list[int] = field(default_factory=list)  # loop count of each network call, in order
+    flops: int  # forward FLOPs of all network calls (flops.forward_flops_per_token x tokens of each row computed)
+    loops: list[tuple[int, ...]] = field(default_factory=list)  # per network call: the loops of each row it computed
 
     @property
     def calls(self) -> int:
@@ -41,31 +41,49 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Gen
 
 
 class _Denoiser:
-    """Calls the model under a loop schedule, caches the last prediction, and counts FLOPs."""
+    """Calls the model under a loop schedule and counts the FLOPs, row by row: a row is computed only when it has
+    something to reveal and its tokens or its loop count changed since its last prediction (MDLM's cache: the
+    denoiser has no time input), and an adaptive schedule gives each row its own loop count. So a row's
+    prediction, loops and FLOPs are those it gets when sampled alone, whatever else is in the batch."""
 
-    def __init__(self, model, n_tokens: int, schedule, n_steps: int):
+    def __init__(self, model, n_tokens: int, schedule, n_steps: int, shape: tuple[int, int], device):
         self.model, self.n_tokens, self.schedule, self.n_steps = model, n_tokens, schedule, n_steps
-        self.result_loops: list[int] = []
+        batch, length = shape
+        self.result_loops: list[tuple[int, ...]] = []
         self.flops = 0
-        self.confidence = None
-        self._cache = None  # (tokens, loops, log-probs)
+        self.confidence = torch.full((batch,), float("nan"), dtype=torch.float64)  # per row; NaN: none yet
+        self.logp = torch.zeros(batch, length, n_tokens, device=device)  # each row's last prediction
+        self.tokens = torch.zeros(shape, dtype=torch.long, device=device)  # ... the tokens it was made from
+        self.loops = torch.zeros(batch, dtype=torch.long)  # ... and its loop count (0: no prediction yet)
 
-    def __call__(self, xt: torch.Tensor, step: int) -> torch.Tensor:
-        """Log-probabilities over the tokenizer's ids (mask and padding excluded), (batch, length, n_tokens)."""
+    def __call__(self, xt: torch.Tensor, step: int, need: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over the tokenizer's ids (mask and padding excluded), (batch, length, n_tokens),
+        current for the rows in `need` (bool per row, on the CPU)."""
         plan = self.schedule(step, self.n_steps, self.confidence)
-        if self._cache is not None and torch.equal(self._cache[0], xt) and \
-                (isinstance(plan, Converge) or plan == self._cache[1]):
-            return self._cache[2]
-        if isinstance(plan, Converge):
-            hidden, loops = self.model.forward_until_converged(xt, plan.tol, plan.min_loops, plan.max_loops)
-        else:
-            hidden, loops = self.model(xt, n_loops=plan), plan
-        logp = torch.log_softmax(self.model.logits(hidden)[..., :self.n_tokens].float(), dim=-1)
+        converge = isinstance(plan, Converge)
         batch, length = xt.shape
-        self.flops += flops.forward_flops_per_token(self.model.cfg, length, loops) * batch * length
-        self.result_loops.append(loops)
-        self._cache = (xt.clone(), loops, logp)
-        return logp
+        cached = (self.loops > 0) & (self.tokens == xt).all(1).cpu()
+        if not converge:
+            plan = torch.as_tensor(plan, dtype=torch.long).expand(batch)
+            cached &= self.loops == plan
+        rows = (need & ~cached).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return self.logp
+        on_device = rows.to(xt.device)
+        x = xt[on_device]
+        if converge:
+            hidden, loops = self.model.forward_until_converged(x, plan.tol, plan.min_loops, plan.max_loops)
+            loops = loops.cpu()
+        else:
+            loops = plan[rows]
+            k = int(loops[0])
+            hidden = self.model(x, n_loops=k) if bool((loops == k).all()) else self.model.forward_per_row(x, loops)
+        self.logp[on_device] = torch.log_softmax(self.model.logits(hidden)[..., :self.n_tokens].float(), dim=-1)
+        self.tokens[on_device] = x
+        self.loops[rows] = loops
+        self.flops += sum(flops.forward_flops_per_token(self.model.cfg, length, k) * length for k in loops.tolist())
+        self.result_loops.append(tuple(loops.tolist()))
+        return self.logp
 
 
 def _block_ranges(start: int, length: int, block_size: int | None) -> list[tuple[int, int]]:
@@ -95,15 +113,16 @@ def sample(model, *, batch_size: int, length: int, mask_id: int, n_tokens: int, 
         start = prompt.shape[1]
         x[:, :start] = prompt
     blocks = _block_ranges(start, length, block_size)
-    denoise = _Denoiser(model, n_tokens, schedule or Fixed(model.cfg.n_loops), n_steps)
+    denoise = _Denoiser(model, n_tokens, schedule or Fixed(model.cfg.n_loops), n_steps, x.shape, device)
     step = 0
     for b, (lo, hi) in enumerate(blocks):
         steps = max(1, n_steps // len(blocks) + (b < n_steps % len(blocks)))  # the blocks share the steps
         for i in range(steps):
-            logp = denoise(x, step)
             masked = x == mask_id
             masked[:, :lo] = False
             masked[:, hi:] = False
+            need = masked.any(1).cpu()  # a row with nothing left to reveal in this block needs no prediction
+            logp = denoise(x, step, need)
             draw = gumbel_argmax(logp, temperature, generator)
             if method == "ancestral":
                 t, s = 1 - i / steps, 1 - (i + 1) / steps
@@ -117,8 +136,12 @@ def sample(model, *, batch_size: int, length: int, mask_id: int, n_tokens: int, 
                 rank = torch.empty_like(order).scatter_(1, order, torch.arange(length, device=device).expand_as(order))
                 reveal = masked & (rank < k[:, None])
             x = torch.where(reveal, draw, x)
+            # each row's mean top probability over its still-masked positions (NaN: none), for the next call's
+            # schedule; kept from the row's last call where it had nothing to reveal
             still = x == mask_id
-            denoise.confidence = float(logp.max(-1).values.exp()[still].mean()) if still.any() else None
+            top = logp.max(-1).values.exp().double()
+            mean = ((top * still).sum(1) / still.sum(1)).cpu()
+            denoise.confidence = torch.where(need, mean, denoise.confidence)
             step += 1
     model.train(was_training)
     return SampleResult(x, denoise.flops, denoise.result_loops)

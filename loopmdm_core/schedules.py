@@ -1,13 +1,17 @@
 """Loop schedules for sampling: how many times the looped block runs at each sampling step.
 
-A schedule is called once per network call with the step index, the number of steps and the confidence of the
-previous call (mean over still-masked positions of the highest token probability; None before the first call).
-It returns a loop count, or a `Converge` request: loop until the looped block's output stops changing.
+A schedule is called once per network call with the step index, the number of steps and each row's confidence
+after the previous call (a float64 tensor: the mean over the row's still-masked positions of the highest token
+probability; NaN before its first call). It returns one loop count for every row, a tensor of one per row, or a
+`Converge` request: each row loops until the looped block's output on it stops changing. A row's count depends
+on that row alone, so a batch gets the answers its rows get one at a time (sample.py).
 Written as strings in configs and on the command line: fixed:K, ramp:FIRST:LAST, table:K1,K2,...,
 confidence:LOW:HIGH:THRESHOLD, convergence:TOL:MIN:MAX.
 """
 
 from dataclasses import dataclass
+
+import torch
 
 from .errors import ConfigError
 
@@ -23,7 +27,7 @@ class Converge:
 class Fixed:
     k: int
 
-    def __call__(self, step: int, n_steps: int, confidence: float | None) -> int:
+    def __call__(self, step: int, n_steps: int, confidence: torch.Tensor) -> int:
         return self.k
 
 
@@ -33,19 +37,21 @@ class ByStep:
     (`ramp:FIRST:LAST` is the linear table from FIRST to LAST)."""
     table: tuple[int, ...]
 
-    def __call__(self, step: int, n_steps: int, confidence: float | None) -> int:
+    def __call__(self, step: int, n_steps: int, confidence: torch.Tensor) -> int:
         return self.table[min(len(self.table) - 1, step * len(self.table) // max(1, n_steps))]
 
 
 @dataclass(frozen=True)
 class ByConfidence:
-    """HIGH loops while the model is unsure (previous call's mean max-probability below THRESHOLD), else LOW."""
+    """Per row: HIGH loops while the model is unsure of it (its previous mean max-probability below THRESHOLD,
+    or none yet), else LOW."""
     low: int
     high: int
     threshold: float
 
-    def __call__(self, step: int, n_steps: int, confidence: float | None) -> int:
-        return self.high if confidence is None or confidence < self.threshold else self.low
+    def __call__(self, step: int, n_steps: int, confidence: torch.Tensor) -> torch.Tensor:
+        sure = confidence >= self.threshold  # NaN compares False: unsure
+        return torch.where(sure, self.low, self.high)
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ class ByConvergence:
     min_loops: int
     max_loops: int
 
-    def __call__(self, step: int, n_steps: int, confidence: float | None) -> Converge:
+    def __call__(self, step: int, n_steps: int, confidence: torch.Tensor) -> Converge:
         return Converge(self.tol, self.min_loops, self.max_loops)
 
 

@@ -413,10 +413,13 @@ def _cells_having(by_cell, has) -> list[tuple[str, float, list[TrialRecord]]]:
 
 
 def _loop_scaling_rows(by_cell) -> list[LoopScalingRow]:
-    """Seed means of the loss at each inference loop count every seed evaluated."""
+    """Seed means of the loss at each inference loop count every seed evaluated; a model trained with one pass
+    at that pass only (stores written before evaluate.inference_eval kept to it hold more)."""
     out = []
     for label, budget, having in _cells_having(by_cell, lambda t: t.loop_scaling):
         loops = sorted(set.intersection(*(set(t.loop_scaling) for t in having)))
+        if having[0].trained_one_pass:
+            loops = [k for k in loops if k == 1]
         values = {k: iso.bootstrap([t.loop_scaling[k] for t in having]) for k in loops}
         out.append(LoopScalingRow(label, budget, having[0].param("model.n_loops"), len(having), values))
     return out
@@ -435,10 +438,12 @@ def _attention_rows(by_cell) -> list[AttentionRow]:
 def _task_rows(by_cell) -> list[TaskRow]:
     """Reasoning-task accuracy per (label, budget, schedule), pooled over seeds (Wilson interval over all their
     problems), with mean forward FLOPs per problem; an adaptive schedule also gets the compute it saves against
-    the cheapest fixed loop count of the same models that is at least as accurate."""
+    the cheapest fixed loop count of the same models that is at least as accurate. A model trained with one
+    pass has fixed:1 only: its other schedules loop layers it never learned to loop (older stores hold them)."""
     out = []
     for label, budget, having in _cells_having(by_cell, lambda t: t.task and t.task_problems):
-        schedules = [s for s in having[0].task if all(s in t.task for t in having)]
+        schedules = [s for s in having[0].task if all(s in t.task for t in having)
+                     and (s == "fixed:1" or not having[0].trained_one_pass)]
         rows = []
         for sched in schedules:
             correct = sum(round(t.task[sched][0] * t.task_problems) for t in having)

@@ -29,15 +29,16 @@ CAPTIONS = {
     "iso": "Speedups across budgets: each variant's curve through its final (finished-schedule) losses at every "
            "budget rather than one run's training curve; the same notation and verdicts as the speedup table.",
     "loop_scaling": "Validation loss of the trained weights run with another number of loops at inference (seed "
-                    "means; a baseline repeats its whole stack). * marks the loop count the model was trained with; "
-                    "a lower loss right of * means extra inference loops help.",
+                    "means). * marks the loop count the model was trained with; a lower loss right of * means extra "
+                    "inference loops help. A baseline, trained with one pass, is shown at that pass only: more "
+                    "would repeat a whole stack it never learned to repeat.",
     "attention": "Share of the attention of masked query positions that goes to masked key positions, per layer "
                  "application in unrolled order (L1#2: layer 1 on its 2nd loop), seed means. Higher: masked "
                  "positions attend more to each other than to the visible tokens.",
     "task": "Reasoning-task accuracy per inference loop schedule (fixed:k runs k loops; the other schedules choose "
             "the loop count as they go), pooled over seeds with a Wilson 95% interval, and the forward FLOPs one "
             "answer costs. For adaptive schedules: the compute saved against the cheapest fixed loop count that is "
-            "at least as accurate.",
+            "at least as accurate. A baseline, trained with one pass, is scored at fixed:1 only.",
     "extrapolations": "Power-law fits L(C) = E + A·C^-α of the seed-mean loss curves at the largest budget, "
                       "projected to 10x and 100x that budget: a fit, not a measurement. A value is shown only with a "
                       "bootstrap interval over seeds and when both fits pass the quality gate (at least 4 points, R² "

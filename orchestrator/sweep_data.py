@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from mlflow.tracking import MlflowClient
 
-from loopmdm_core import metrics
+from loopmdm_core import loop_sampling, metrics
 
 from . import tracking
 
@@ -58,6 +58,12 @@ class TrialRecord:
     @property
     def lr(self) -> float | None:
         return self.param("train.lr", float)
+
+    @property
+    def trained_one_pass(self) -> bool:
+        """A model whose every training step ran one pass (a baseline): loop_sampling.trains_one_pass."""
+        return loop_sampling.trains_one_pass(self.param("model.n_loops") or 1,
+                                             self.params.get("train.loop_sampling", "fixed"))
 
     def param(self, key: str, cast=int):
         return cast(float(self.params[key])) if key in self.params else None

@@ -73,7 +73,7 @@ def test_sample_and_loops_on_a_trained_run(trained_run, tmp_path):
     assert out.returncode == 0, out.stderr
     samples = out.stdout.split("--- sample ")[1:]
     assert len(samples) == 2 and all(s.split("\n", 1)[1].startswith("the king") for s in samples)
-    assert "network calls, loops per call [3," in out.stdout
+    assert "network calls, loops per call: 3 " in out.stdout
     out = cli("loops", str(run), "--max-loops", "3")
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines()[1:]]

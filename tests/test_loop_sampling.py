@@ -155,3 +155,11 @@ def test_sampled_run_logs_its_flops_follows_them_in_lr_and_resumes_bit_identical
     result = train(cfg, sink=second, checkpoint_dir=tmp_path / "b")
     assert result.resumed_from == 8
     assert {**first.rows, **second.rows} == full.rows
+
+
+def test_one_pass_means_every_step_ran_one_pass():
+    """What evaluations and the report key on to score a baseline at its one pass only."""
+    assert loop_sampling.trains_one_pass(1, "fixed") and loop_sampling.trains_one_pass(3, "uniform:1:1")
+    assert not loop_sampling.trains_one_pass(2, "fixed")
+    assert not loop_sampling.trains_one_pass(1, "uniform:1:3")  # validates at 1, but trained to loop
+    assert not loop_sampling.trains_one_pass(1, "poisson_lognormal:2:0.5")

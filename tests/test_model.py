@@ -89,9 +89,28 @@ def test_run_until_converged_stops_where_the_loop_settles():
     model = LoopMDM(CFG).eval()
     x = tokens()
     hidden, loops = model.forward_until_converged(x, tol=0.0, min_loops=1, max_loops=4)
-    assert loops == 4 and torch.equal(hidden, model(x, n_loops=4))
+    assert set(loops.tolist()) == {4} and torch.equal(hidden, model(x, n_loops=4))
     hidden, loops = model.forward_until_converged(x, tol=float("inf"), min_loops=2, max_loops=4)
-    assert loops == 2 and torch.equal(hidden, model(x, n_loops=2))
+    assert set(loops.tolist()) == {2} and torch.equal(hidden, model(x, n_loops=2))
+    # each row stops on its own: a tolerance between the rows' changes after the 2nd pass splits them
+    x = tokens(batch=5)
+    with torch.no_grad():
+        second, third = model(x, n_loops=2), model(x, n_loops=3)
+    change = (third - second).flatten(1).norm(dim=1) / second.flatten(1).norm(dim=1)
+    hidden, loops = model.forward_until_converged(x, tol=float(change.median()), min_loops=2, max_loops=4)
+    assert len(set(loops.tolist())) > 1
+    for row, k in enumerate(loops.tolist()):
+        torch.testing.assert_close(hidden[row], model(x[row:row + 1], n_loops=k)[0])
+
+
+def test_per_row_loop_counts_give_each_row_its_own_forward_pass():
+    torch.manual_seed(0)
+    model = LoopMDM(CFG).eval()
+    x = tokens(batch=5)
+    counts = torch.arange(x.shape[0]) % 3 + 1
+    hidden = model.forward_per_row(x, counts)
+    for row, k in enumerate(counts.tolist()):
+        torch.testing.assert_close(hidden[row], model(x[row:row + 1], n_loops=k)[0])
 
 
 def test_attention_is_bidirectional():

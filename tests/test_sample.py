@@ -62,11 +62,12 @@ def test_flops_equal_the_sum_over_network_calls(trained, spec):
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         result = sample(model, **kwargs(mask, schedule=schedules.parse(spec), n_steps=6))
     assert result.flops == counter.get_total_flops()
-    assert 1 <= result.calls <= 6 and all(k >= 1 for k in result.loops)
+    loops = [k for call in result.loops for k in call]
+    assert 1 <= result.calls <= 6 and all(k >= 1 for k in loops)
     if spec == "ramp:4:1":
-        assert result.loops[0] == 4 and result.loops[-1] == 1
+        assert set(result.loops[0]) == {4} and set(result.loops[-1]) == {1}
     if spec.startswith("convergence"):
-        assert all(1 <= k <= 6 for k in result.loops)
+        assert all(1 <= k <= 6 for k in loops)
 
 
 def test_unchanged_tokens_skip_the_network_call(trained):
@@ -77,12 +78,49 @@ def test_unchanged_tokens_skip_the_network_call(trained):
 
 
 def test_schedule_strings():
-    assert schedules.parse("table:3,2,1")(0, 6, None) == 3 and schedules.parse("table:3,2,1")(5, 6, None) == 1
-    conf = schedules.parse("confidence:1:4:0.8")
-    assert conf(0, 4, None) == 4 and conf(1, 4, 0.5) == 4 and conf(2, 4, 0.9) == 1
+    unknown = torch.full((3,), float("nan"), dtype=torch.float64)
+    assert schedules.parse("table:3,2,1")(0, 6, unknown) == 3 and schedules.parse("table:3,2,1")(5, 6, unknown) == 1
+    conf = schedules.parse("confidence:1:4:0.8")  # per row: unsure (or not known yet) -> 4, sure -> 1
+    assert conf(0, 4, unknown).tolist() == [4, 4, 4]
+    assert conf(1, 4, torch.tensor([0.5, float("nan"), 0.9], dtype=torch.float64)).tolist() == [4, 4, 1]
     for bad in ("fixed", "fixed:0", "ramp:2", "convergence:0.1:5:2", "adaptive:3", "table:2,x"):
         with pytest.raises(ConfigError, match="loop schedule"):
             schedules.parse(bad)
+
+
+class _SeesConfidence:
+    """Three loops at every call, keeping the per-row confidence each call was given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, step, n_steps, confidence):
+        self.seen.append(confidence.clone())
+        return 3
+
+
+@pytest.mark.parametrize("kind", ["confidence", "convergence", "ramp"])
+def test_a_batch_gets_the_answers_its_rows_get_alone(trained, kind):
+    """Per-row loop counts: a batch's tokens, loops and FLOPs are those of its rows sampled one at a time (greedy),
+    and with an adaptive schedule the rows of one call do loop differently (or this would test nothing)."""
+    model, mask = trained
+    prompts = torch.tensor([[5, 17, 42], [9, 3, 60], [71, 71, 2], [33, 8, 15]])
+    kw = {"length": 14, "mask_id": mask, "n_tokens": mask, "n_steps": 6, "method": "confidence", "temperature": 0.0}
+    if kind == "confidence":  # the threshold splits the rows' confidences after the first call (a barely trained
+        seen = _SeesConfidence()  # model: all of them near 1/320)
+        sample(model, batch_size=4, prompt=prompts, schedule=seen, **kw)
+        low, high = seen.seen[1].sort().values[1:3].tolist()
+        schedule = schedules.ByConfidence(1, 3, (low + high) / 2)
+    else:
+        schedule = schedules.parse({"convergence": "convergence:0.3:1:4", "ramp": "ramp:3:1"}[kind])
+    together = sample(model, batch_size=4, prompt=prompts, schedule=schedule, **kw)
+    alone = [sample(model, batch_size=1, prompt=p[None], schedule=schedule, **kw) for p in prompts]
+    assert torch.equal(together.tokens, torch.cat([a.tokens for a in alone]))
+    assert together.flops == sum(a.flops for a in alone)
+    per_row = [[call[i] for call in together.loops] for i in range(4)]  # every row is computed at every call here
+    assert per_row == [[k for (k,) in a.loops] for a in alone]
+    if kind != "ramp":
+        assert any(len(set(call)) > 1 for call in together.loops)
 
 
 def test_loop_scaling_scores_each_loop_count(trained, tiny_corpus, cache_dir):
