@@ -356,6 +356,10 @@ def _reconcile(client, exp_id: str, parent_id: str, expected: list[str], outcome
             _tag_retries(client, run, outcome.retried[name])
         if name in outcome.failed and status != "FAILED":
             tracking.end_run(client, run_id, "FAILED", outcome.failed[name])
+        elif status == "FINISHED" and name in expected and name not in outcome.finished:
+            # Tune restored this trial finished but with an earlier result as its last (seen on a resumed LR
+            # ladder's stage 2, reused workers): the run's FINISHED, set once everything was logged, is the record
+            outcome.finished.append(name)
         elif status in ("RUNNING", "SCHEDULED"):
             if name not in outcome.failed:
                 outcome.interrupted.append(name)

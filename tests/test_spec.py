@@ -112,6 +112,27 @@ def test_sweep_mfu_is_every_trials_flops_over_wall_gpus_and_peak(tmp_path):
     assert sweeps.SweepOutcome(parent, uri, tmp_path, seconds=40.0, peak_seconds=1.0).sweep_mfu is None
 
 
+def test_the_closing_count_takes_a_finished_run_over_tunes_stale_result(tmp_path):
+    """A trial whose MLflow run is FINISHED counts as finished even when Tune's restored result for it is not
+    `done` (seen on a resumed LR ladder); a run left RUNNING is interrupted, a trial with no run too."""
+    from mlflow.tracking import MlflowClient
+    from synthetic_sweep import make_sweep
+    from orchestrator import sweep as sweeps
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = make_sweep(uri, "s", budgets=(1e12,), seeds=(0,))
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("s").experiment_id
+    runs = client.search_runs([exp_id], "tags.`loopmdm.role` = 'trial'")
+    names = sorted(r.info.run_name for r in runs)
+    assert len(names) == 3
+    running, done, stale = (r.info.run_name for r in runs)
+    client.update_run(runs[0].info.run_id, status="RUNNING")
+    outcome = sweeps.SweepOutcome(parent, uri, tmp_path, finished=[done])  # what Tune's results said
+    sweeps._reconcile(client, exp_id, parent, names + ["never-started"], outcome)
+    assert sorted(outcome.finished) == sorted([done, stale])
+    assert sorted(outcome.interrupted) == sorted([running, "never-started"])
+
+
 def test_a_retry_is_named_by_its_newest_failure(tmp_path):
     """What a RETRIED line says: the newest failure of Tune's error file, as its exception's line."""
     from orchestrator.tune_runner import _last_error
