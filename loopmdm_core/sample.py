@@ -6,9 +6,10 @@
   k chosen so that everything is revealed by the last step.
 Both can run semi-autoregressively (`block_size`: blocks left to right, each with its share of the steps) and
 condition on a prompt (its tokens are never masked). Categorical draws use Gumbel noise in float64 from the
-sampler's own generator: a seed gives the same output. A network call is skipped when no token changed since
-the previous one and the loop count is the same (MDLM's cache: the denoiser has no time input). Every sample
-reports the forward FLOPs it spent, counted by flops.py.
+sampler's own generator: a seed gives the same output. A row is not computed again when its tokens and loop
+count are those of its last prediction (MDLM's cache: the denoiser has no time input) or when it has nothing left
+to reveal; an adaptive schedule gives each row its own loop count. Every sample reports the forward FLOPs it
+spent, counted by flops.py.
 """
 
 from dataclasses import dataclass, field
